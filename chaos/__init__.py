@@ -1,0 +1,1 @@
+"""Chaos-injection harness. Uses only the public names of `checkpoint` and `resilience`."""

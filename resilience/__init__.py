@@ -1,0 +1,1 @@
+"""Policies, runtime and CLI of fusion-resilience."""

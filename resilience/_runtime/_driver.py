@@ -1,0 +1,122 @@
+"""The driver side of a pipeline: create its actors, follow its progress, stop it."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+
+from resilience._errors import JobFailed
+from resilience._runtime._coordinator import JobCoordinator
+from resilience._runtime._spec import PipelineSpec
+from resilience._runtime._task import TaskActor
+
+__all__ = ["PipelineRunner"]
+
+_RemoteTask = ray.remote(TaskActor)
+_RemoteCoordinator = ray.remote(JobCoordinator)
+
+
+class PipelineRunner:
+    """Runs one `PipelineSpec` on the current Ray session.
+
+    The driver owns every actor, so when the driver exits Ray removes them. The
+    coordinator and the tasks are restartable actors (`max_restarts=-1`): a
+    killed worker comes back and the coordinator restores the job.
+    """
+
+    def __init__(self, spec: PipelineSpec, etcd_endpoints: str) -> None:
+        self.spec = spec
+        self.etcd_endpoints = etcd_endpoints
+        self.tasks: dict[str, Any] = {}
+        self.coordinator: Any = None
+
+    def start(self) -> None:
+        spec = self.spec
+        # Tasks first: the coordinator looks them up by name as soon as it starts.
+        for ts in spec.task_specs():
+            self.tasks[ts.task_id] = _RemoteTask.options(  # type: ignore[attr-defined]
+                name=ts.actor_name,
+                namespace=spec.namespace,
+                max_restarts=-1,
+                max_task_retries=0,
+                num_cpus=0,
+            ).remote(ts)
+        self.coordinator = _RemoteCoordinator.options(  # type: ignore[attr-defined]
+            name=spec.coordinator_name,
+            namespace=spec.namespace,
+            max_restarts=-1,
+            max_task_retries=0,
+            max_concurrency=16,
+            num_cpus=0,
+        ).remote(spec, self.etcd_endpoints)
+
+    def status(self, timeout_s: float = 10.0) -> dict[str, Any] | None:
+        """The coordinator's status, or None while it is (re)starting."""
+        try:
+            return dict(ray.get(self.coordinator.status.remote(), timeout=timeout_s))
+        except (RayActorError, GetTimeoutError):
+            return None
+
+    def wait(
+        self,
+        *,
+        timeout_s: float | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        poll_s: float = 0.25,
+    ) -> dict[str, Any]:
+        """Block until the job finishes; return its final status.
+
+        Raises `JobFailed` when the job failed (restart budget spent, a bug in
+        an operator) or did not finish within `timeout_s`.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            st = self.status()
+            if st is not None:
+                if on_progress is not None:
+                    on_progress(st)
+                if st.get("finished"):
+                    return st
+                if st.get("failed"):
+                    raise JobFailed(f"job {self.spec.job_id} failed: {st.get('last_error')}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise JobFailed(
+                    f"job {self.spec.job_id} did not finish within {timeout_s:g}s "
+                    f"(last status: {st and st.get('state')})"
+                )
+            time.sleep(poll_s)
+
+    def pids(self, timeout_s: float = 30.0) -> dict[str, int]:
+        """Worker process id of every task (waits for restarting tasks)."""
+        refs = {tid: h.pid.remote() for tid, h in self.tasks.items()}
+        return {tid: int(ray.get(ref, timeout=timeout_s)) for tid, ref in refs.items()}
+
+    def coordinator_pid(self, timeout_s: float = 30.0) -> int:
+        return int(ray.get(self.coordinator.pid.remote(), timeout=timeout_s))
+
+    def stop(self) -> None:
+        """Stop the coordinator and the tasks, then remove the actors."""
+        if self.coordinator is not None:
+            with contextlib.suppress(RayError):
+                ray.get(self.coordinator.stop.remote(), timeout=15)
+        stops = [h.stop.remote() for h in self.tasks.values()]
+        with contextlib.suppress(RayError):
+            ray.get(stops, timeout=15)
+        for h in [*self.tasks.values(), self.coordinator]:
+            if h is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(h, no_restart=True)
+        self.tasks.clear()
+        self.coordinator = None
+
+    def __enter__(self) -> PipelineRunner:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,406 @@
+"""The task actor: hosts one operator, aligns barriers, snapshots in the background.
+
+Data moves by push: an upstream task calls ``push`` on its downstream tasks.
+Ray executes the calls of one caller on a single-threaded actor in submission
+order, so every channel is FIFO. Each push carries the pipeline *generation*;
+after a global restore the generation changes and everything in flight from
+before is dropped on arrival.
+
+Backpressure: each output keeps at most `window` pushes in flight per
+downstream task and waits for the oldest before sending more. Waiting is also
+how a task learns that a downstream task died (the push fails): it then stops,
+reports the failure to the coordinator and drops its input until restored.
+
+A task that Ray restarts after a crash comes back empty and *unrestored*
+(generation -1): it drops every push until the coordinator restores it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import msgpack
+import ray
+
+from checkpoint import (
+    BarrierAligner,
+    CheckpointStore,
+    ChunkRef,
+    CompleteSnapshot,
+    Deliver,
+    EndOfInput,
+    RecordInFlight,
+    Step,
+    TakeSnapshot,
+    TaskSnapshot,
+    partition_of,
+    store_from_uri,
+)
+from resilience._runtime._operator import (
+    OperatorContext,
+    SnapshotWriter,
+    has_commit_hooks,
+)
+from resilience._runtime._spec import OutputSpec, TaskSpec
+
+__all__ = ["TaskActor", "split_snapshot"]
+
+log = logging.getLogger(__name__)
+
+UNRESTORED = -1
+
+
+def split_snapshot(snapshot: TaskSnapshot) -> tuple[TaskSnapshot, ChunkRef | None]:
+    """Separate the operator's part of a task snapshot from the task's channel state.
+
+    Returns the operator's snapshot and the chunk of in-flight records of an
+    unaligned checkpoint (None for an aligned one).
+    """
+    meta = snapshot.metadata
+    chunks = snapshot.chunks
+    channel_ref = chunks[-1] if meta.get("channel_state") else None
+    op_chunks = chunks[:-1] if channel_ref is not None else chunks
+    op = TaskSnapshot(snapshot.task_id, snapshot.kind, op_chunks, dict(meta.get("op", {})))
+    return op, channel_ref
+
+
+class _Output:
+    """One downstream stage as seen from one upstream task."""
+
+    def __init__(self, spec: OutputSpec, namespace: str, window: int) -> None:
+        self.spec = spec
+        self.namespace = namespace
+        self.window = window
+        n = len(spec.actor_names)
+        self._handles: list[Any] | None = None
+        self.buffers: list[list[Any]] = [[] for _ in range(n)]
+        self.inflight: list[deque[Any]] = [deque() for _ in range(n)]
+        self._route_cache: dict[str, int] = {}
+
+    @property
+    def handles(self) -> list[Any]:
+        if self._handles is None:
+            self._handles = [
+                ray.get_actor(name, namespace=self.namespace) for name in self.spec.actor_names
+            ]
+        return self._handles
+
+    def route(self, records: Sequence[Any]) -> None:
+        buffers = self.buffers
+        if len(buffers) == 1:
+            buffers[0].extend(records)
+            return
+        key = self.spec.key
+        assert key is not None
+        cache = self._route_cache
+        n = len(buffers)
+        maxp = self.spec.max_parallelism
+        for r in records:
+            k = key(r)
+            p = cache.get(k)
+            if p is None:
+                p = cache[k] = partition_of(k, n, maxp)
+            buffers[p].append(r)
+
+    def flush(self, generation: int, barrier: int = 0, eos: bool = False) -> None:
+        """Send buffered records (and a barrier / end of stream) to every downstream task."""
+        handles = self.handles
+        for j, buf in enumerate(self.buffers):
+            if not buf and not barrier and not eos:
+                continue
+            ref = handles[j].push.remote(generation, self.spec.channel, buf, barrier, eos)
+            self.buffers[j] = []
+            inflight = self.inflight[j]
+            inflight.append(ref)
+            while len(inflight) > self.window:
+                ray.get(inflight.popleft())
+
+    def drain(self) -> None:
+        """Wait for every push in flight (raises if a downstream task failed)."""
+        for inflight in self.inflight:
+            while inflight:
+                ray.get(inflight.popleft())
+
+    def reset(self) -> None:
+        for buf in self.buffers:
+            buf.clear()
+        for inflight in self.inflight:
+            inflight.clear()
+
+
+class TaskActor:
+    """Ray actor hosting one operator. Created with `max_restarts=-1` by the driver."""
+
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+        self.op = spec.factory()
+        self.op.open(
+            OperatorContext(
+                job_id=spec.job_id,
+                task_id=spec.task_id,
+                index=spec.index,
+                parallelism=spec.parallelism,
+                workdir=spec.workdir,
+            )
+        )
+        self.store: CheckpointStore = store_from_uri(spec.store_uri, job_id=spec.job_id)
+        self.generation = UNRESTORED
+        self.failed = False
+        self.outputs = [_Output(o, spec.namespace, spec.window) for o in spec.outputs]
+        self.aligner = BarrierAligner(spec.n_inputs, alignment_timeout_s=spec.alignment_timeout_s)
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix=f"snapshot-{spec.task_id}")
+        self._failed_writers: queue.SimpleQueue[SnapshotWriter] = queue.SimpleQueue()
+        self._open_unaligned: tuple[int, SnapshotWriter, dict[int, list[Any]]] | None = None
+        self._pending_replay: list[tuple[int, list[Any]]] = []
+        self._coordinator: Any = None
+        self._commits = spec.commits and has_commit_hooks(self.op)
+        self.records_in = 0
+        self.records_out = 0
+        self.snapshots = 0
+        self.started_at = time.time()
+        self.incarnation_restarted = bool(
+            ray.get_runtime_context().was_current_actor_reconstructed
+        )
+
+    # -- control plane ------------------------------------------------------------------
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def ping(self) -> dict[str, Any]:
+        return {
+            "task_id": self.spec.task_id,
+            "pid": os.getpid(),
+            "generation": self.generation,
+            "failed": self.failed,
+            "records_in": self.records_in,
+            "records_out": self.records_out,
+            "snapshots": self.snapshots,
+            "restarted": self.incarnation_restarted,
+            "unaligned": self.aligner.unaligned_count,
+        }
+
+    @property
+    def coordinator(self) -> Any:
+        if self._coordinator is None:
+            self._coordinator = ray.get_actor(
+                self.spec.coordinator_name, namespace=self.spec.namespace
+            )
+        return self._coordinator
+
+    def _on_writer(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the writer thread (after every snapshot queued before) and wait."""
+        fut: Future[Any] = self.writer.submit(fn)
+        return fut.result()
+
+    def restore(
+        self,
+        generation: int,
+        snapshot: TaskSnapshot | None,
+        checkpoint_id: int,
+        fencing_epoch: int,
+        watermark: int,
+    ) -> dict[str, Any]:
+        """Reset to `snapshot` and join `generation`. Idempotent for the same generation.
+
+        Raises `CheckpointCorrupt` (from the store) when the snapshot does not
+        verify: the coordinator then falls back to an older checkpoint.
+        """
+        self.generation = UNRESTORED  # drop input while restoring
+        # Snapshot writes of the old generation must finish before the chain is reset.
+        self._on_writer(lambda: None)
+        while not self._failed_writers.empty():
+            self._failed_writers.get_nowait()
+        replay: list[tuple[int, list[Any]]] = []
+        if snapshot is None:
+            self.op.restore(self.store, None)
+        else:
+            op_snapshot, channel_ref = split_snapshot(snapshot)
+            self.op.restore(self.store, op_snapshot)
+            if channel_ref is not None:
+                doc = msgpack.unpackb(self.store.get_chunk(channel_ref), strict_map_key=False)
+                replay = [(int(c), list(recs)) for c, recs in doc]
+        if self._commits:
+            op = self.op
+            self._on_writer(lambda: op.recover(checkpoint_id, fencing_epoch, watermark))
+        for out in self.outputs:
+            out.reset()
+        self.aligner = BarrierAligner(
+            self.spec.n_inputs, alignment_timeout_s=self.spec.alignment_timeout_s
+        )
+        self._open_unaligned = None
+        self._pending_replay = replay
+        self.failed = False
+        self.generation = generation
+        return {"task_id": self.spec.task_id, "pid": os.getpid(), "checkpoint_id": checkpoint_id}
+
+    def checkpoint_complete(self, checkpoint_id: int, fencing_epoch: int, watermark: int) -> None:
+        """Checkpoint is durable: let a two-phase-commit operator commit (on the writer thread)."""
+        if self._commits:
+            op = self.op
+            self._on_writer(lambda: op.checkpoint_complete(checkpoint_id, fencing_epoch, watermark))
+
+    # -- data plane -----------------------------------------------------------------------
+
+    def push(
+        self, generation: int, channel: int, records: list[Any], barrier: int = 0,
+        eos: bool = False,
+    ) -> None:
+        """Records (then maybe a barrier, then maybe end of stream) from input `channel`."""
+        if generation != self.generation or self.failed:
+            return
+        try:
+            self._before_input()
+            aligner = self.aligner
+            steps: list[Step] = []
+            if records:
+                self.records_in += len(records)
+                steps += aligner.on_records(channel, records)
+            if barrier:
+                steps += aligner.on_barrier(channel, barrier)
+            if eos:
+                steps += aligner.on_end_of_stream(channel)
+            if not steps and aligner.aligning:
+                steps = aligner.poll()
+            self._execute(steps)
+            self._flush()
+        except Exception as e:  # noqa: BLE001 - any failure here is reported, then restored
+            self._fail(e)
+
+    def step(self, generation: int, max_records: int, barrier: int = 0,
+             eos: bool = False) -> dict[str, Any]:
+        """Source only: maybe snapshot (barrier), then read and emit up to `max_records`."""
+        if generation != self.generation or self.failed:
+            return {"stale": True}
+        try:
+            self._before_input()
+            if barrier:
+                self._take_snapshot(barrier, unaligned=False)
+            if eos:
+                for out in self.outputs:
+                    out.flush(self.generation, eos=True)
+                return {"read": 0, "end": True, "eos_sent": True}
+            records, end = self.op.poll(max_records)
+            self.records_in += len(records)
+            self._emit(records)
+            self._flush()
+            return {"read": len(records), "end": end, "watermark": self.op.watermark()}
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+            return {"failed": True, "error": repr(e)}
+
+    def _before_input(self) -> None:
+        while not self._failed_writers.empty():
+            self._failed_writers.get_nowait().failed()
+        if self._pending_replay:
+            replay, self._pending_replay = self._pending_replay, []
+            for channel, recs in replay:
+                self._emit(self.op.process(channel, recs))
+
+    def _execute(self, steps: list[Step]) -> None:
+        op = self.op
+        for s in steps:
+            if isinstance(s, Deliver):
+                self._emit(op.process(s.channel, s.records))
+            elif isinstance(s, TakeSnapshot):
+                self._take_snapshot(s.checkpoint_id, s.unaligned)
+            elif isinstance(s, RecordInFlight):
+                if self._open_unaligned is not None:
+                    self._open_unaligned[2].setdefault(s.channel, []).extend(s.records)
+            elif isinstance(s, CompleteSnapshot):
+                if self._open_unaligned is not None:
+                    cid, writer, inflight = self._open_unaligned
+                    self._open_unaligned = None
+                    self._submit_snapshot(cid, writer, inflight)
+            elif isinstance(s, EndOfInput):
+                self._emit(op.end_of_input())
+                self._flush()
+                for out in self.outputs:
+                    out.flush(self.generation, eos=True)
+                if not self.outputs:
+                    self._report("end_of_input")
+
+    def _emit(self, records: list[Any]) -> None:
+        if records:
+            self.records_out += len(records)
+            for out in self.outputs:
+                out.route(records)
+
+    def _flush(self) -> None:
+        for out in self.outputs:
+            out.flush(self.generation)
+
+    def _take_snapshot(self, checkpoint_id: int, unaligned: bool) -> None:
+        writer = self.op.snapshot(checkpoint_id)
+        # Records emitted before the barrier go out with it, in the same push.
+        for out in self.outputs:
+            out.flush(self.generation, barrier=checkpoint_id)
+        self.snapshots += 1
+        if unaligned:
+            self._open_unaligned = (checkpoint_id, writer, {})
+        else:
+            self._submit_snapshot(checkpoint_id, writer, None)
+
+    def _submit_snapshot(
+        self, checkpoint_id: int, writer: SnapshotWriter, inflight: dict[int, list[Any]] | None
+    ) -> None:
+        generation = self.generation
+        spec = self.spec
+        store = self.store
+        coordinator = self.coordinator
+        failed = self._failed_writers
+
+        def job() -> None:
+            try:
+                written = writer.write(store)
+                chunks = written.chunks
+                meta: dict[str, Any] = {"op": written.metadata}
+                if inflight is not None:
+                    data = msgpack.packb(sorted(inflight.items()), use_bin_type=True)
+                    chunks = (*chunks, store.put_chunk(data))
+                    meta["channel_state"] = True
+                    meta["inflight_records"] = sum(len(v) for v in inflight.values())
+                snap = TaskSnapshot(spec.task_id, spec.stage, chunks, meta)
+            except Exception as e:  # noqa: BLE001 - a failed snapshot declines, never crashes
+                failed.put(writer)
+                coordinator.decline.remote(generation, checkpoint_id, spec.task_id, repr(e))
+                return
+            coordinator.ack.remote(generation, checkpoint_id, spec.task_id, snap)
+
+        self.writer.submit(job)
+
+    def _fail(self, error: BaseException) -> None:
+        self.failed = True
+        reason = "".join(traceback.format_exception_only(type(error), error)).strip()
+        log.warning("task %s failed: %s", self.spec.task_id, reason)
+        self._report("failure", reason)
+
+    def _report(self, kind: str, detail: str = "") -> None:
+        try:
+            self.coordinator.report.remote(self.generation, self.spec.task_id, kind, detail)
+        except Exception:  # noqa: BLE001 - the coordinator may be restarting; it will notice
+            log.warning("could not report %s of %s", kind, self.spec.task_id)
+
+    def drain(self) -> None:
+        """Wait until every push this task sent has been applied downstream."""
+        for out in self.outputs:
+            out.drain()
+
+    def stop(self) -> None:
+        """Shut the writer thread down (end of job)."""
+        self.writer.shutdown(wait=True)
+        close = getattr(self.op, "close", None)
+        if callable(close):
+            close()
+
+    def _threads(self) -> int:
+        return threading.active_count()
