@@ -60,6 +60,7 @@ from checkpoint._store import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_PARALLELISM",
     "BarrierAligner",
     "BarrierProtocolError",
     "CheckpointAborted",
@@ -73,7 +74,6 @@ __all__ = [
     "CompactionPolicy",
     "CompleteSnapshot",
     "CoordinatorCore",
-    "DEFAULT_MAX_PARALLELISM",
     "Deliver",
     "EndOfInput",
     "FaultHook",

@@ -223,8 +223,7 @@ class Manifest:
         if actual_checksum != stored_checksum:
             raise CheckpointCorrupt(
                 source,
-                f"manifest checksum mismatch: stored {stored_checksum}, "
-                f"computed {actual_checksum}",
+                f"manifest checksum mismatch: stored {stored_checksum}, computed {actual_checksum}",
             )
         try:
             manifest = cls._from_document(document)

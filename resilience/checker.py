@@ -24,8 +24,10 @@ The dead-letter file holds one JSON object a line, ``{"line": <1-based input lin
 starts with ``"duplicate id"`` and an invalid line's reason must not. A missing
 dead-letter file counts as an empty one.
 
-Memory stays small for inputs of millions of lines: the input is streamed into a
-scratch SQLite database in a temporary directory and compared with set queries.
+The input, the ledger and the dead letters are each streamed once. Kept per valid
+event are its id, accounts (shared strings), amount and leg counters, about 250
+bytes, so a million-line input needs some 250 MB and half a minute at worst; per
+rejected line only a hash of its text is kept.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import json
 import sqlite3
 import sys
 import tempfile
+from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,11 +68,6 @@ SCORE_TOLERANCE: Final = 1e-9
 LEDGER_NAME: Final = "ledger.sqlite"
 DEAD_LETTER_NAME: Final = "dead_letter.jsonl"
 
-_INVALID: Final = 0
-_VALID: Final = 1
-_DUPLICATE: Final = 2
-_BATCH: Final = 10_000
-_SQLITE_MAX_INTEGER: Final = 2**63 - 1
 _REQUIRED_COLUMNS: Final = {
     "postings": ("event_id", "account", "delta", "balance_after"),
     "balances": ("account", "balance"),
@@ -168,7 +166,8 @@ class Verdict:
       entries, a wrong kind of reason, a ``raw`` unlike the input line;
     * ``chain_errors``: accounts whose ``balance_after`` in rowid order is not the
       running sum of their deltas from 0;
-    * ``balance_errors``: accounts missing from, extra in, or wrong in ``balances``;
+    * ``balance_errors``: accounts missing from, extra in, or wrong in ``balances``
+      (every account of an applied transfer needs a row, a zero balance too);
     * ``reference_mismatches``: posting rows present in only one of this ledger
       and the reference ledger, or differing (None when no reference was given).
 
@@ -287,10 +286,33 @@ def _split_line(raw_line: bytes) -> bytes:
     return raw_line
 
 
-def _scan_input(scratch: sqlite3.Connection, input_path: Path) -> int:
-    """Stream the input into the scratch ``lines`` table; return the line count."""
-    insert = "INSERT INTO lines VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-    batch: list[tuple[object, ...]] = []
+@dataclass
+class _Input:
+    """What the checker keeps of the input: per valid event, per rejected line.
+
+    Events are numbered in input order; ``index_of`` maps an id to its number and
+    the parallel lists hold the transfer. Rejected lines keep only whether they
+    are duplicates and the hash of their text (None when not UTF-8), which is
+    all the dead-letter check needs, so a mostly-invalid input stays small too.
+    """
+
+    lines: int = 0
+    index_of: dict[str, int] = field(default_factory=dict)
+    senders: list[str] = field(default_factory=list)
+    receivers: list[str] = field(default_factory=list)
+    amounts: list[int] = field(default_factory=list)
+    rejected: dict[int, tuple[bool, int | None]] = field(default_factory=dict)
+    invalid: int = 0
+    duplicates: int = 0
+
+
+def _read_input(input_path: Path) -> _Input:
+    """Stream the input once, validating every line like the contract says."""
+    seen = _Input()
+    index_of = seen.index_of
+    # One string object per account: millions of events name a few accounts.
+    accounts: dict[str, str] = {}
+    intern = accounts.setdefault
     number = 0
     try:
         with input_path.open("rb") as source:
@@ -298,220 +320,135 @@ def _scan_input(scratch: sqlite3.Connection, input_path: Path) -> int:
                 try:
                     raw = _split_line(raw_line).decode("utf-8")
                 except UnicodeDecodeError:
-                    # No text to compare a dead letter's raw with; the line is invalid.
-                    batch.append((number, _INVALID, None, None, None, None, None, None))
-                else:
-                    parsed = _parse(raw)
-                    if isinstance(parsed, str):
-                        batch.append((number, _INVALID, None, None, None, None, None, raw))
-                    else:
-                        tx_id, from_account, to_account, amount = parsed
-                        # The contract bounds no amount but SQLite integers stop at
-                        # 2**63 - 1: larger ones are kept as text, so no leg can match.
-                        if amount <= _SQLITE_MAX_INTEGER:
-                            batch.append(
-                                (number, _VALID, tx_id, from_account, to_account, amount, None, raw)
-                            )
-                        else:
-                            batch.append(
-                                (
-                                    number,
-                                    _VALID,
-                                    tx_id,
-                                    from_account,
-                                    to_account,
-                                    None,
-                                    str(amount),
-                                    raw,
-                                )
-                            )
-                if len(batch) >= _BATCH:
-                    scratch.executemany(insert, batch)
-                    batch.clear()
+                    seen.rejected[number] = (False, None)
+                    seen.invalid += 1
+                    continue
+                parsed = _parse(raw)
+                if isinstance(parsed, str):
+                    seen.rejected[number] = (False, hash(raw))
+                    seen.invalid += 1
+                    continue
+                event_id, sender, receiver, amount = parsed
+                if event_id in index_of:
+                    seen.rejected[number] = (True, hash(raw))
+                    seen.duplicates += 1
+                    continue
+                index_of[event_id] = len(index_of)
+                seen.senders.append(intern(sender, sender))
+                seen.receivers.append(intern(receiver, receiver))
+                seen.amounts.append(amount)
     except OSError as error:
         raise CheckerInputError(f"cannot read input {input_path}: {error}") from error
-    scratch.executemany(insert, batch)
-    scratch.execute("CREATE INDEX lines_by_id ON lines(id, line)")
-    # The first valid line of an id is the event; later valid lines replay it.
-    # The subquery tests status != INVALID, which the update does not change.
-    scratch.execute(
-        "UPDATE lines SET status = ? WHERE status = ? AND line > "
-        "(SELECT MIN(first.line) FROM lines AS first "
-        " WHERE first.id = lines.id AND first.status != ?)",
-        (_DUPLICATE, _VALID, _INVALID),
-    )
-    return number
+    seen.lines = number
+    return seen
 
 
-def _attach(scratch: sqlite3.Connection, path: Path, schema: str, what: str) -> None:
+def _schema_problem(ledger: sqlite3.Connection) -> str | None:
+    for table, columns in _REQUIRED_COLUMNS.items():
+        present = {row[1] for row in ledger.execute(f"PRAGMA table_info({table})")}
+        if not present:
+            return f"has no {table} table"
+        lacking = [column for column in columns if column not in present]
+        if lacking:
+            return f"table {table} lacks column(s) {', '.join(lacking)}"
+    return None
+
+
+def _open_ledger(path: Path, what: str) -> sqlite3.Connection:
     if not path.is_file():
         raise CheckerInputError(f"{what} not found: {path}")
     # Read-only: the checker must never repair or lock the evidence it judges.
-    uri = path.resolve().as_uri() + "?mode=ro"
+    ledger = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
     try:
-        scratch.execute(f"ATTACH DATABASE ? AS {schema}", (uri,))
-        for table, columns in _REQUIRED_COLUMNS.items():
-            present = {row[1] for row in scratch.execute(f"PRAGMA {schema}.table_info({table})")}
-            if not present:
-                raise CheckerInputError(f"{what} {path} has no {table} table")
-            lacking = [column for column in columns if column not in present]
-            if lacking:
-                raise CheckerInputError(
-                    f"{what} {path}: table {table} lacks column(s) {', '.join(lacking)}"
-                )
-    except sqlite3.DatabaseError as error:
+        problem = _schema_problem(ledger)
+    except sqlite3.Error as error:
+        ledger.close()
         raise CheckerInputError(f"cannot read {what} {path}: {error}") from error
+    if problem is not None:
+        ledger.close()
+        raise CheckerInputError(f"{what} {path} {problem}")
+    return ledger
 
 
-def _check_legs(scratch: sqlite3.Connection, findings: _Findings) -> int:
-    """Match each event's postings with its transfer; return the applied events.
+def _check_postings(ledger: sqlite3.Connection, seen: _Input, findings: _Findings) -> int:
+    """Match postings with events and walk every account's chain; return the row count.
 
-    A posting is a debit when it moves ``-amount`` on ``from``, a credit when it
-    moves ``+amount`` on ``to``, and wrong otherwise (both at once would need a
-    zero amount). A correct event has exactly one debit and one credit.
+    One pass in rowid order does both. A posting is a debit when it moves
+    ``-amount`` on ``from``, a credit when it moves ``+amount`` on ``to``, and
+    wrong otherwise (both at once would need a zero amount); a correct event has
+    exactly one debit and one credit. An account's chain is broken when some
+    ``balance_after`` is not the sum of its deltas so far, starting from 0.
     """
-    scratch.execute(
-        "CREATE TABLE event_legs AS "
-        "SELECT p.event_id AS event_id, MAX(e.line) AS line, COUNT(*) AS legs, "
-        "SUM(CASE WHEN p.account = e.from_acct AND p.delta = -e.amount THEN 1 ELSE 0 END) "
-        "  AS debits, "
-        "SUM(CASE WHEN p.account = e.to_acct AND p.delta = e.amount THEN 1 ELSE 0 END) "
-        "  AS credits "
-        "FROM ledger.postings AS p "
-        "LEFT JOIN lines AS e ON e.id = p.event_id AND e.status = ? "
-        "GROUP BY p.event_id",
-        (_VALID,),
+    events = len(seen.index_of)
+    # Compact per-event counters: a million events cost 24 MB here, not 100+.
+    debits = array("l", [0]) * events
+    credits = array("l", [0]) * events
+    wrong = array("l", [0]) * events
+    index_of, senders, receivers, amounts = (
+        seen.index_of,
+        seen.senders,
+        seen.receivers,
+        seen.amounts,
     )
-    scratch.execute("CREATE INDEX event_legs_by_id ON event_legs(event_id)")
-    for event_id, legs in scratch.execute(
-        "SELECT event_id, legs FROM event_legs WHERE line IS NULL ORDER BY event_id"
-    ):
-        findings.add("unexpected_postings", event_id, legs)
-    for name, condition in (
-        ("duplicated_events", "legs > 2 OR debits > 1 OR credits > 1"),
-        ("leg_errors", "legs > debits + credits OR debits = 0 OR credits = 0"),
-    ):
-        for (event_id,) in scratch.execute(
-            f"SELECT event_id FROM event_legs WHERE line IS NOT NULL AND ({condition}) "
-            "ORDER BY line"
-        ):
-            findings.add(name, event_id)
-    (applied,) = scratch.execute(
-        "SELECT COUNT(*) FROM event_legs WHERE line IS NOT NULL"
-    ).fetchone()
-    return int(applied)
-
-
-def _check_missing(scratch: sqlite3.Connection, findings: _Findings) -> None:
-    for (event_id,) in scratch.execute(
-        "SELECT id FROM lines WHERE status = ? AND NOT EXISTS "
-        "(SELECT 1 FROM event_legs WHERE event_legs.event_id = lines.id) ORDER BY line",
-        (_VALID,),
-    ):
-        findings.add("missing_events", event_id)
-
-
-_BROKEN_CHAINS: Final = """
-SELECT account FROM (
-    SELECT account, balance_after,
-           typeof(delta) AS delta_type, typeof(balance_after) AS balance_type,
-           SUM(delta) OVER (PARTITION BY account ORDER BY rowid ROWS UNBOUNDED PRECEDING)
-               AS running
-    FROM ledger.postings
-)
-WHERE delta_type != 'integer' OR balance_type != 'integer' OR running != balance_after
-GROUP BY account ORDER BY account
-"""
-
-
-def _check_chains(scratch: sqlite3.Connection, findings: _Findings) -> None:
-    """Each account's balance_after, in rowid order, must be its running sum from 0."""
-    try:
-        broken = [account for (account,) in scratch.execute(_BROKEN_CHAINS)]
-    except sqlite3.OperationalError as error:
-        # SQLite's SUM refuses to leave 64 bits; Python's integers do not mind.
-        if "overflow" not in str(error):
-            raise
-        broken = _broken_chains_exactly(scratch)
-    for account in broken:
-        findings.add("chain_errors", account)
-
-
-def _broken_chains_exactly(scratch: sqlite3.Connection) -> list[Any]:
+    unexpected: dict[Any, int] = {}
     running: dict[Any, int] = {}
     broken: set[Any] = set()
-    for account, delta, balance_after in scratch.execute(
-        "SELECT account, delta, balance_after FROM ledger.postings ORDER BY rowid"
+    rows = 0
+    for event_id, account, delta, balance_after in ledger.execute(
+        "SELECT event_id, account, delta, balance_after FROM postings ORDER BY rowid"
     ):
-        if account in broken:
+        rows += 1
+        if account not in broken:
+            if type(delta) is int and type(balance_after) is int:
+                balance = running.get(account, 0) + delta
+                running[account] = balance
+                if balance != balance_after:
+                    broken.add(account)
+            else:
+                broken.add(account)
+        index = index_of.get(event_id)
+        if index is None:
+            unexpected[event_id] = unexpected.get(event_id, 0) + 1
+        elif account == senders[index] and delta == -amounts[index]:
+            debits[index] += 1
+        elif account == receivers[index] and delta == amounts[index]:
+            credits[index] += 1
+        else:
+            wrong[index] += 1
+
+    for event_id, count in unexpected.items():
+        findings.add("unexpected_postings", event_id, count)
+    for account in sorted(broken, key=str):
+        findings.add("chain_errors", account)
+    for event_id, index in index_of.items():
+        debit, credit, bad = debits[index], credits[index], wrong[index]
+        legs = debit + credit + bad
+        if legs == 0:
+            findings.add("missing_events", event_id)
             continue
-        if type(delta) is not int or type(balance_after) is not int:
-            broken.add(account)
-            continue
-        balance = running.get(account, 0) + delta
-        running[account] = balance
-        if balance != balance_after:
-            broken.add(account)
-    return sorted(broken, key=str)
+        if legs > 2 or debit > 1 or credit > 1:
+            findings.add("duplicated_events", event_id)
+        if bad or not debit or not credit:
+            findings.add("leg_errors", event_id)
+    return rows
 
 
-_EXPECTED_BALANCES: Final = """
-INSERT INTO expected
-SELECT account, SUM(delta) FROM (
-    SELECT from_acct AS account, -amount AS delta FROM lines WHERE status = ?
-    UNION ALL
-    SELECT to_acct, amount FROM lines WHERE status = ?
-) GROUP BY account
-"""
-
-_WRONG_BALANCES: Final = """
-SELECT account FROM ledger.balances GROUP BY account HAVING COUNT(*) > 1
-UNION
-SELECT b.account FROM ledger.balances AS b LEFT JOIN expected AS e ON e.account = b.account
-WHERE e.account IS NULL OR e.balance IS NOT b.balance
-UNION
-SELECT e.account FROM expected AS e
-WHERE NOT EXISTS (SELECT 1 FROM ledger.balances AS b WHERE b.account = e.account)
-ORDER BY 1
-"""
-
-
-def _check_balances(scratch: sqlite3.Connection, findings: _Findings) -> None:
+def _check_balances(ledger: sqlite3.Connection, seen: _Input, findings: _Findings) -> None:
     """The balances table must equal the balances recomputed from the input."""
-    has_big_amount = scratch.execute(
-        "SELECT 1 FROM lines WHERE status = ? AND big_amount IS NOT NULL LIMIT 1", (_VALID,)
-    ).fetchone()
-    wrong: list[Any] | None = None
-    if not has_big_amount:
-        try:
-            scratch.execute(_EXPECTED_BALANCES, (_VALID, _VALID))
-            wrong = [account for (account,) in scratch.execute(_WRONG_BALANCES)]
-        except sqlite3.OperationalError as error:
-            if "overflow" not in str(error):
-                raise
-    if wrong is None:
-        # Amounts or sums beyond 64 bits: recompute with Python's exact integers.
-        wrong = _wrong_balances_exactly(scratch)
-    for account in wrong:
-        findings.add("balance_errors", account)
-
-
-def _wrong_balances_exactly(scratch: sqlite3.Connection) -> list[Any]:
     expected: dict[str, int] = {}
-    for from_account, to_account, small_amount, big_amount in scratch.execute(
-        "SELECT from_acct, to_acct, amount, big_amount FROM lines WHERE status = ?", (_VALID,)
-    ):
-        amount = int(small_amount if small_amount is not None else big_amount)
-        expected[from_account] = expected.get(from_account, 0) - amount
-        expected[to_account] = expected.get(to_account, 0) + amount
+    for sender, receiver, amount in zip(seen.senders, seen.receivers, seen.amounts, strict=True):
+        expected[sender] = expected.get(sender, 0) - amount
+        expected[receiver] = expected.get(receiver, 0) + amount
     wrong: set[Any] = set()
-    seen: set[Any] = set()
-    for account, balance in scratch.execute("SELECT account, balance FROM ledger.balances"):
-        if account in seen or account not in expected or expected[account] != balance:
+    listed: set[Any] = set()
+    for account, balance in ledger.execute("SELECT account, balance FROM balances"):
+        # type() so that 5.0 or "5" is not taken for the integer 5.
+        if account in listed or type(balance) is not int or expected.get(account) != balance:
             wrong.add(account)
-        seen.add(account)
-    wrong.update(account for account in expected if account not in seen)
-    return sorted(wrong, key=str)
+        listed.add(account)
+    wrong.update(account for account in expected if account not in listed)
+    for account in sorted(wrong, key=str):
+        findings.add("balance_errors", account)
 
 
 def _dead_letter_entries(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -524,11 +461,14 @@ def _dead_letter_entries(path: Path) -> Iterator[tuple[int, bytes]]:
         raise CheckerInputError(f"cannot read dead letters {path}: {error}") from error
 
 
-def _check_dead_letters(scratch: sqlite3.Connection, path: Path, findings: _Findings) -> int:
-    """Every rejected line dead-lettered once, with the right kind of reason and raw."""
+def _check_dead_letters(path: Path, seen: _Input, findings: _Findings) -> int:
+    """Every rejected line dead-lettered once, with the right kind of reason and raw.
+
+    Returns the number of entries in the dead-letter file.
+    """
     problem = "dead_letter_errors"
     entries = 0
-    batch: list[tuple[int, int, str]] = []
+    times: dict[int, int] = {}
     for entries, raw_entry in _dead_letter_entries(path):
         try:
             entry = json.loads(_split_line(raw_entry).decode("utf-8"))
@@ -542,106 +482,84 @@ def _check_dead_letters(scratch: sqlite3.Connection, path: Path, findings: _Find
         ):
             findings.add(problem, f"entry {entries}: malformed dead-letter entry")
             continue
-        is_duplicate = entry["reason"].startswith(DUPLICATE_REASON_PREFIX)
-        batch.append((entry["line"], int(is_duplicate), entry["raw"]))
-        if len(batch) >= _BATCH:
-            scratch.executemany("INSERT INTO dead VALUES (?, ?, ?)", batch)
-            batch.clear()
-    scratch.executemany("INSERT INTO dead VALUES (?, ?, ?)", batch)
-    scratch.execute("CREATE INDEX dead_by_line ON dead(line)")
-
-    queries: list[tuple[str, tuple[int, ...], str]] = [
-        (
-            "SELECT line, 0 FROM lines WHERE status != ? "
-            "AND NOT EXISTS (SELECT 1 FROM dead WHERE dead.line = lines.line) ORDER BY line",
-            (_VALID,),
-            "rejected line not dead-lettered",
-        ),
-        (
-            "SELECT line, COUNT(*) FROM dead GROUP BY line HAVING COUNT(*) > 1 ORDER BY line",
-            (),
-            "dead-lettered {} times",
-        ),
-        (
-            "SELECT dead.line, 0 FROM dead LEFT JOIN lines ON lines.line = dead.line "
-            "WHERE lines.line IS NULL ORDER BY dead.line",
-            (),
-            "no such input line",
-        ),
-        (
-            "SELECT dead.line, 0 FROM dead JOIN lines ON lines.line = dead.line "
-            "WHERE lines.status = ? ORDER BY dead.line",
-            (_VALID,),
-            "valid line dead-lettered",
-        ),
-        (
-            "SELECT dead.line, 0 FROM dead JOIN lines ON lines.line = dead.line "
-            "WHERE lines.status = ? AND dead.duplicate_reason = 0 ORDER BY dead.line",
-            (_DUPLICATE,),
-            f"duplicate's reason does not start with {DUPLICATE_REASON_PREFIX!r}",
-        ),
-        (
-            "SELECT dead.line, 0 FROM dead JOIN lines ON lines.line = dead.line "
-            "WHERE lines.status = ? AND dead.duplicate_reason = 1 ORDER BY dead.line",
-            (_INVALID,),
-            f"invalid line's reason starts with {DUPLICATE_REASON_PREFIX!r}",
-        ),
-        (
-            "SELECT dead.line, 0 FROM dead JOIN lines ON lines.line = dead.line "
-            "WHERE lines.status != ? AND lines.raw IS NOT NULL AND lines.raw != dead.raw "
-            "ORDER BY dead.line",
-            (_VALID,),
-            "raw differs from the input line",
-        ),
-    ]
-    for query, parameters, description in queries:
-        for line, times in scratch.execute(query, parameters):
-            findings.add(problem, f"line {line}: {description.format(times)}")
+        line: int = entry["line"]
+        times[line] = times.get(line, 0) + 1
+        if not 1 <= line <= seen.lines:
+            findings.add(problem, f"line {line}: no such input line")
+            continue
+        if line not in seen.rejected:
+            findings.add(problem, f"line {line}: valid line dead-lettered")
+            continue
+        is_duplicate, raw_hash = seen.rejected[line]
+        if entry["reason"].startswith(DUPLICATE_REASON_PREFIX) != is_duplicate:
+            findings.add(
+                problem,
+                f"line {line}: "
+                + (
+                    f"duplicate's reason does not start with {DUPLICATE_REASON_PREFIX!r}"
+                    if is_duplicate
+                    else f"invalid line's reason starts with {DUPLICATE_REASON_PREFIX!r}"
+                ),
+            )
+        # The input's raw lost a "\r" before "\n" as line ending; so does the entry's.
+        if raw_hash is not None and hash(entry["raw"].removesuffix("\r")) != raw_hash:
+            findings.add(problem, f"line {line}: raw differs from the input line")
+    for line, count in sorted(times.items()):
+        if count > 1:
+            findings.add(problem, f"line {line}: dead-lettered {count} times")
+    for line in seen.rejected:
+        if line not in times:
+            findings.add(problem, f"line {line}: rejected line not dead-lettered")
     return entries
 
 
-def _check_reference(scratch: sqlite3.Connection, findings: _Findings) -> None:
+def _check_reference(ledger_path: Path, reference_path: Path, findings: _Findings) -> None:
     """Compare posting rows with a crash-free run's ledger, in any global order.
 
-    Rows are matched on (event_id, account, delta) and then compared on
+    Rows are matched on (event_id, account, delta, n-th such row) and compared on
     balance_after and score; balance_after already pins each account's order.
+    Both ledgers are copied into a scratch database in a temporary directory, so
+    memory stays flat however long the ledgers are.
     """
-    for schema, table in (("ledger", "run_rows"), ("reference", "reference_rows")):
-        scratch.execute(
-            f"CREATE TABLE {table} AS SELECT event_id, account, delta, balance_after, score, "
-            "ROW_NUMBER() OVER (PARTITION BY event_id, account, delta "
-            "ORDER BY balance_after, score) AS nth "
-            f"FROM {schema}.postings"
-        )
-        scratch.execute(f"CREATE INDEX {table}_key ON {table}(event_id, account, delta, nth)")
-    for this, other in (("run_rows", "reference_rows"), ("reference_rows", "run_rows")):
-        # From the run's side every difference shows; from the reference's side
-        # only its rows absent from the run, or a difference would count twice.
-        differs = (
-            "OR o.balance_after IS NOT t.balance_after "
-            "OR NOT ((o.score IS NULL AND t.score IS NULL) OR abs(o.score - t.score) <= ?)"
-            if this == "run_rows"
-            else ""
-        )
-        parameters: tuple[float, ...] = (SCORE_TOLERANCE,) if differs else ()
-        for (event_id,) in scratch.execute(
-            f"SELECT t.event_id FROM {this} AS t LEFT JOIN {other} AS o "
-            "ON o.event_id IS t.event_id AND o.account IS t.account "
-            "AND o.delta IS t.delta AND o.nth = t.nth "
-            f"WHERE o.nth IS NULL {differs}",
-            parameters,
-        ):
-            findings.add("reference_mismatches", event_id)
-
-
-_SCRATCH_SCHEMA: Final = """
-CREATE TABLE lines (
-    line INTEGER PRIMARY KEY, status INTEGER NOT NULL,
-    id TEXT, from_acct TEXT, to_acct TEXT, amount INTEGER, big_amount TEXT, raw TEXT
-);
-CREATE TABLE dead (line, duplicate_reason INTEGER, raw TEXT);
-CREATE TABLE expected (account TEXT PRIMARY KEY, balance);
-"""
+    with tempfile.TemporaryDirectory(prefix="resilience-verify-") as scratch_dir:
+        scratch = sqlite3.connect(Path(scratch_dir) / "scratch.sqlite")
+        try:
+            # The scratch database is disposable: durability would only cost time.
+            scratch.execute("PRAGMA journal_mode = OFF")
+            scratch.execute("PRAGMA synchronous = OFF")
+            for schema, path in (("run", ledger_path), ("reference", reference_path)):
+                scratch.execute(
+                    f"ATTACH DATABASE ? AS {schema}", (path.resolve().as_uri() + "?mode=ro",)
+                )
+                scratch.execute(
+                    f"CREATE TABLE {schema}_rows AS SELECT event_id, account, delta, "
+                    "balance_after, score, ROW_NUMBER() OVER (PARTITION BY event_id, account, "
+                    "delta ORDER BY balance_after, score) AS nth "
+                    f"FROM {schema}.postings"
+                )
+                scratch.execute(
+                    f"CREATE INDEX {schema}_key ON {schema}_rows(event_id, account, delta, nth)"
+                )
+            for this, other in (("run_rows", "reference_rows"), ("reference_rows", "run_rows")):
+                # From the run's side every difference shows; from the reference's
+                # side only its rows absent from the run, or a difference counts twice.
+                differs = (
+                    "OR o.balance_after IS NOT t.balance_after OR NOT ("
+                    "(o.score IS NULL AND t.score IS NULL) OR abs(o.score - t.score) <= ?)"
+                    if this == "run_rows"
+                    else ""
+                )
+                parameters: tuple[float, ...] = (SCORE_TOLERANCE,) if differs else ()
+                for (event_id,) in scratch.execute(
+                    f"SELECT t.event_id FROM {this} AS t LEFT JOIN {other} AS o "
+                    "ON o.event_id IS t.event_id AND o.account IS t.account "
+                    "AND o.delta IS t.delta AND o.nth = t.nth "
+                    f"WHERE o.nth IS NULL {differs} ORDER BY t.event_id",
+                    parameters,
+                ):
+                    findings.add("reference_mismatches", event_id)
+        finally:
+            scratch.close()
 
 
 def verify(input_path: Path, workdir: Path, *, reference_ledger: Path | None = None) -> Verdict:
@@ -658,56 +576,32 @@ def verify(input_path: Path, workdir: Path, *, reference_ledger: Path | None = N
     """
     if not input_path.is_file():
         raise CheckerInputError(f"input file not found: {input_path}")
-    with tempfile.TemporaryDirectory(prefix="resilience-verify-") as scratch_dir:
-        scratch = sqlite3.connect(Path(scratch_dir) / "scratch.sqlite", uri=True)
-        try:
-            return _verify(scratch, input_path, workdir, reference_ledger)
-        except sqlite3.DatabaseError as error:
-            raise CheckerInputError(f"cannot read the ledger in {workdir}: {error}") from error
-        finally:
-            scratch.close()
-
-
-def _verify(
-    scratch: sqlite3.Connection,
-    input_path: Path,
-    workdir: Path,
-    reference_ledger: Path | None,
-) -> Verdict:
-    # The scratch database is disposable: durability would only cost time.
-    scratch.execute("PRAGMA journal_mode = OFF")
-    scratch.execute("PRAGMA synchronous = OFF")
-    scratch.execute("PRAGMA cache_size = -65536")
-    scratch.executescript(_SCRATCH_SCHEMA)
-    _attach(scratch, workdir / LEDGER_NAME, "ledger", "ledger")
-    if reference_ledger is not None:
-        _attach(scratch, reference_ledger, "reference", "reference ledger")
-        columns = {row[1] for row in scratch.execute("PRAGMA reference.table_info(postings)")}
-        columns &= {row[1] for row in scratch.execute("PRAGMA ledger.table_info(postings)")}
-        if "score" not in columns:
-            raise CheckerInputError("comparing with a reference needs a score column in both")
-
-    input_lines = _scan_input(scratch, input_path)
-    counts = dict(scratch.execute("SELECT status, COUNT(*) FROM lines GROUP BY status").fetchall())
-    valid_events = counts.get(_VALID, 0)
-
+    ledger_path = workdir / LEDGER_NAME
     findings = _Findings()
-    applied = _check_legs(scratch, findings)
-    _check_missing(scratch, findings)
-    (posting_rows,) = scratch.execute("SELECT COUNT(*) FROM ledger.postings").fetchone()
-    _check_chains(scratch, findings)
-    _check_balances(scratch, findings)
-    dead_lettered = _check_dead_letters(scratch, workdir / DEAD_LETTER_NAME, findings)
-    if reference_ledger is not None:
-        _check_reference(scratch, findings)
+    try:
+        ledger = _open_ledger(ledger_path, "ledger")
+        try:
+            if reference_ledger is not None:
+                _open_ledger(reference_ledger, "reference ledger").close()
+            seen = _read_input(input_path)
+            posting_rows = _check_postings(ledger, seen, findings)
+            _check_balances(ledger, seen, findings)
+        finally:
+            ledger.close()
+        dead_lettered = _check_dead_letters(workdir / DEAD_LETTER_NAME, seen, findings)
+        if reference_ledger is not None:
+            _check_reference(ledger_path, reference_ledger, findings)
+    except sqlite3.Error as error:
+        raise CheckerInputError(f"cannot read a ledger: {error}") from error
 
+    events = len(seen.index_of)
     return Verdict(
-        input_lines=input_lines,
-        valid_events=valid_events,
-        invalid_lines=counts.get(_INVALID, 0),
-        duplicate_lines=counts.get(_DUPLICATE, 0),
+        input_lines=seen.lines,
+        valid_events=events,
+        invalid_lines=seen.invalid,
+        duplicate_lines=seen.duplicates,
         posting_rows=posting_rows,
-        applied_events=applied,
+        applied_events=events - findings.count("missing_events"),
         dead_lettered=dead_lettered,
         missing_events=findings.count("missing_events"),
         duplicated_events=findings.count("duplicated_events"),

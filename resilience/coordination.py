@@ -352,6 +352,7 @@ class Leadership:
         self._deadline = deadline
         self._lost_reason: str | None = None
         self._lost = threading.Event()
+        self._callbacks_done = threading.Event()
         self._stop = threading.Event()
         self._resigned = False
         self._callbacks: list[Callable[[], None]] = []
@@ -391,8 +392,8 @@ class Leadership:
         _run_callback(callback)
 
     def wait_lost(self, timeout_s: float | None = None) -> bool:
-        """Block until leadership is lost or `timeout_s` passes; True if lost."""
-        return self._lost.wait(timeout_s)
+        """Block until leadership is lost and the `on_lost` callbacks have run; False on timeout."""
+        return self._callbacks_done.wait(timeout_s)
 
     def resign(self) -> None:
         """Give up leadership now: callbacks run, then the lease is revoked. Idempotent.
@@ -516,8 +517,11 @@ class Leadership:
                 self.epoch,
                 reason,
             )
-        for callback in callbacks:
-            _run_callback(callback)
+        try:
+            for callback in callbacks:
+                _run_callback(callback)
+        finally:
+            self._callbacks_done.set()
 
     def _keep_alive(self) -> None:
         interval = self.ttl_s / 3

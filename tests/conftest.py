@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from resilience._embedded_etcd import EmbeddedEtcd
-from resilience._etcd import EtcdClient
+# pytest's default "prepend" import mode puts tests/ on sys.path for this file,
+# and tests/resilience/ would then shadow the real `resilience` package as an
+# empty namespace package. The project root first makes the real packages win,
+# as `pythonpath = ["."]` in pyproject.toml would.
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+if _PROJECT_ROOT not in sys.path:
+    sys.path.insert(0, _PROJECT_ROOT)
+
+from resilience._embedded_etcd import EmbeddedEtcd  # noqa: E402 - after the sys.path fix
+from resilience._etcd import EtcdClient  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +40,15 @@ def etcd_client(etcd_server: EmbeddedEtcd, etcd_prefix: str) -> Iterator[EtcdCli
     with EtcdClient(etcd_server.endpoint, timeout_s=5.0) as client:
         yield client
         client.delete_prefix(etcd_prefix + "/")
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One local Ray on 127.0.0.1 for the whole session (ray.init costs ~5 s here).
+
+    Yields the GCS address. Stopped with ray.shutdown(), never `ray stop`.
+    """
+    from resilience._ray import ray_session
+
+    with ray_session(num_cpus=2) as session:
+        yield session.address

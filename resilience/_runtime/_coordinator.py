@@ -213,7 +213,13 @@ class JobCoordinator:
         return h
 
     def _tick(self) -> None:
-        self._drain_events(0.002 if self._outstanding else 0.02)
+        if self._outstanding:
+            # Sleep until a source step finishes (or briefly, for acks): polling
+            # at a high rate would steal a core from the pipeline.
+            ray.wait(self._outstanding, num_returns=1, timeout=0.01)
+            self._drain_events(0)
+        else:
+            self._drain_events(0.02)
         if self._need_recover is not None:
             reason, self._need_recover = self._need_recover, None
             self._recover(reason)
@@ -225,7 +231,7 @@ class JobCoordinator:
 
     def _drain_events(self, wait_s: float) -> None:
         try:
-            event = self.events.get(timeout=wait_s)
+            event = self.events.get(timeout=wait_s) if wait_s > 0 else self.events.get_nowait()
         except queue.Empty:
             return
         while True:

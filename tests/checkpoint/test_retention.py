@@ -6,10 +6,10 @@ import dataclasses
 import os
 import tempfile
 import time
-from unittest import mock
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -166,7 +166,9 @@ def test_apply_deletes_manifests_before_chunks(tmp_path: Path) -> None:
     assert store.calls == ["manifest"] * 3 + ["chunk"] * 3
     assert deleted == {chunk("chunk-1"), chunk("chunk-2"), chunk("chunk-3")}
     assert store.list_checkpoints() == [4, 5]
-    assert sorted(store.list_chunks()) == sorted([chunk("chunk-4"), chunk("chunk-5"), chunk("base")])
+    assert sorted(store.list_chunks()) == sorted(
+        [chunk("chunk-4"), chunk("chunk-5"), chunk("base")]
+    )
     assert_no_dangling_manifest(store)
 
 
@@ -198,9 +200,7 @@ def test_grace_spares_young_chunks(tmp_path: Path) -> None:
     populate(store, manifests)
     age_everything(store)
     store.put_chunk(b"chunk-2")  # a checkpoint in progress re-puts it: it is young again
-    deleted = apply_retention(
-        store, plan_retention(manifests, keep=1), grace_s=60, now=lambda: time.time()
-    )
+    deleted = apply_retention(store, plan_retention(manifests, keep=1), grace_s=60, now=time.time)
     assert deleted == {chunk("chunk-1")}
     assert store.has_chunk(chunk("chunk-2"))
 
@@ -299,7 +299,7 @@ manifest_sets = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     entries=manifest_sets,
     keep=st.integers(min_value=1, max_value=5),
@@ -321,7 +321,7 @@ def test_retention_never_strands_a_retained_manifest(
     assert all(ref.digest not in retained_digests for ref in plan.delete_chunks)
 
     # fsync only makes this slow; durability has its own tests in test_store_fs.py.
-    with tempfile.TemporaryDirectory() as root, mock.patch.object(os, "fsync", lambda fd: None):
+    with tempfile.TemporaryDirectory() as root, mock.patch.object(os, "fsync", return_value=None):
         store = FileSystemStore(root, job_id=JOB)
         populate(store, manifests)
         deleted = apply_retention(store, plan)

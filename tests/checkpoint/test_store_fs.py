@@ -433,9 +433,7 @@ def test_two_processes_write_the_same_store_at_once(tmp_path: Path) -> None:
     results = context.Queue()
     shared = [bytes([i]) * (1000 + i) for i in range(60)]
     processes = [
-        context.Process(
-            target=_run_writer, args=((str(tmp_path), worker, start, shared, results),)
-        )
+        context.Process(target=_run_writer, args=((str(tmp_path), worker, start, shared, results),))
         for worker in range(2)
     ]
     for process in processes:
@@ -494,4 +492,3 @@ def test_store_pickles_for_ray_actors(store: FileSystemStore) -> None:
     ref = store.put_chunk(b"crosses processes")
     clone = pickle.loads(pickle.dumps(store))
     assert clone.get_chunk(ref) == b"crosses processes"
-

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(60)
 
 TTL_S = 2.0
 # Scheduling slack when checking "within one TTL": thread wake-ups, not etcd.
-SLACK_S = 0.3
+SLACK_S = 0.5
 
 
 def _election(
@@ -205,7 +205,7 @@ def test_epoch_increases_after_the_leader_process_is_killed(
         killed_at = time.monotonic()
         with survivor.campaign(timeout_s=10) as leadership:
             # etcd expires the lease after the TTL (+ its 0.5 s expiry sweep).
-            assert time.monotonic() - killed_at < TTL_S + 1.5
+            assert time.monotonic() - killed_at < TTL_S + 3.0
             assert leadership.epoch == child_epoch + 1
     finally:
         child.kill()

@@ -38,6 +38,7 @@ from checkpoint import (
     StateHandle,
     TaskSnapshot,
 )
+from resilience import _faultpoints as faultpoints
 from resilience._runtime._operator import OperatorContext, SnapshotWriter, WrittenSnapshot
 from resilience._runtime._spec import PipelineSpec, StageSpec
 from resilience.jobs.payments.generator import FEATURE_BUCKETS, is_fraud
@@ -362,8 +363,10 @@ class LedgerSink:
     def __init__(self) -> None:
         self.buffer: list[Any] = []
         self._sink: SQLiteTwoPhaseSink | None = None
+        self._workdir = Path(".")
 
     def open(self, ctx: OperatorContext) -> None:
+        self._workdir = ctx.workdir
         self._sink = SQLiteTwoPhaseSink(
             ctx.workdir / "ledger.sqlite",
             table="postings",
@@ -388,6 +391,7 @@ class LedgerSink:
         sink = self.sink
 
         def write(store: CheckpointStore) -> WrittenSnapshot:
+            faultpoints.hit(self._workdir, "ledger.before_precommit")
             sink.precommit(checkpoint_id, rows)
             return WrittenSnapshot((), {"precommitted": checkpoint_id, "rows": len(rows),
                                         "schema": STATE_SCHEMA_VERSION})
@@ -401,6 +405,8 @@ class LedgerSink:
         self.sink.recover(checkpoint_id, fencing_epoch, watermark)
 
     def checkpoint_complete(self, checkpoint_id: int, fencing_epoch: int, watermark: int) -> None:
+        # Between pre-commit (acknowledged) and commit: the window 2PC exists for.
+        faultpoints.hit(self._workdir, "ledger.before_commit")
         self.sink.commit(checkpoint_id, fencing_epoch, watermark)
 
     def end_of_input(self) -> list[Any]:

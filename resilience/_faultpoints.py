@@ -1,0 +1,54 @@
+"""Named fault points: places in the runtime where a test or a chaos run can crash it.
+
+A fault point is armed by a file ``<workdir>/.resilience/faults/<name>`` whose
+content is the action: ``kill`` (SIGKILL this process, once: the file is
+removed first so the restarted process goes on), or ``pause <seconds>``. With no
+file the check costs one `stat`, so the points stay in production code: the
+crash a chaos scenario injects is then the real one, at the exact place (for
+example between a sink's pre-commit and its commit), not an imitation.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+__all__ = ["arm", "disarm", "hit"]
+
+
+def _path(workdir: Path, name: str) -> Path:
+    return workdir / ".resilience" / "faults" / name
+
+
+def arm(workdir: Path, name: str, action: str = "kill") -> None:
+    """Arm fault point `name` under `workdir` with `action` (``kill`` or ``pause S``)."""
+    if action != "kill" and not action.startswith("pause "):
+        raise ValueError(f"unknown fault action {action!r} (use 'kill' or 'pause <seconds>')")
+    p = _path(workdir, name)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(action)
+    tmp.replace(p)
+
+
+def disarm(workdir: Path, name: str) -> None:
+    _path(workdir, name).unlink(missing_ok=True)
+
+
+def hit(workdir: Path, name: str) -> None:
+    """Called by the runtime at fault point `name`: act if armed, else return at once."""
+    p = _path(workdir, name)
+    try:
+        action = p.read_text().strip()
+    except FileNotFoundError:
+        return
+    if action == "kill":
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            return  # another process took this one-shot fault
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action.startswith("pause "):
+        time.sleep(float(action.split()[1]))
