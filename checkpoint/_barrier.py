@@ -181,8 +181,10 @@ class BarrierAligner:
             if payload:
                 out.append(Deliver(channel, payload))
                 pending = self._pending
-                if self._unaligned and pending is not None and self._last_barrier[channel] < pending:
+                before_barrier = pending is not None and self._last_barrier[channel] < pending
+                if self._unaligned and before_barrier:
                     # Before this channel's barrier: part of the open snapshot.
+                    assert pending is not None
                     out.append(RecordInFlight(pending, channel, payload))
         elif kind == _BARRIER:
             self._on_barrier(channel, int(payload), out)

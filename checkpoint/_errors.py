@@ -86,7 +86,7 @@ class FencedOut(ResilienceError):
         return (type(self), (self.resource, self.epoch, self.current))
 
 
-class InvalidStoreConfig(ResilienceError, ValueError):  # noqa: N818 - the house naming
+class InvalidStoreConfig(ResilienceError, ValueError):
     """A store URI or store option is invalid (unknown scheme, unusable job id).
 
     Also a `ValueError`, so code that validates configuration generically catches it.

@@ -167,7 +167,8 @@ class _Chain:
 
 
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
 
 
 def _unpack(data: bytes, what: str) -> Any:

@@ -538,10 +538,13 @@ class FileSystemStore:
         self._durable_dirs.add(directory)
 
 
-def store_from_uri(uri: str, *, job_id: str) -> CheckpointStore:
+def store_from_uri(
+    uri: str, *, job_id: str, fault_hook: FaultHook | None = None
+) -> CheckpointStore:
     """Open the store a URI names: `file:///path` or a plain path gives a FileSystemStore.
 
-    The seam for remote and replicated stores. Raises InvalidStoreConfig (a
+    The seam for remote and replicated stores. `fault_hook` is passed to the
+    store (see `FileSystemStore`). Raises InvalidStoreConfig (a
     ValueError) for an empty URI, an unknown scheme, or a `file://` URI with a
     remote host.
     """
@@ -549,7 +552,7 @@ def store_from_uri(uri: str, *, job_id: str) -> CheckpointStore:
         raise InvalidStoreConfig("empty checkpoint store URI")
     parts = urlsplit(uri)
     if parts.scheme == "":
-        return FileSystemStore(Path(uri), job_id=job_id)
+        return FileSystemStore(Path(uri), job_id=job_id, fault_hook=fault_hook)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise InvalidStoreConfig(
@@ -558,14 +561,14 @@ def store_from_uri(uri: str, *, job_id: str) -> CheckpointStore:
             )
         if not parts.path:
             raise InvalidStoreConfig(f"{uri!r}: file URI without a path")
-        return FileSystemStore(Path(unquote(parts.path)), job_id=job_id)
+        return FileSystemStore(Path(unquote(parts.path)), job_id=job_id, fault_hook=fault_hook)
     raise InvalidStoreConfig(
         f"unsupported checkpoint store URI scheme {parts.scheme!r} in {uri!r}; "
         "supported: file:///path or a plain path"
     )
 
 
-class _AlreadyExists(Exception):  # noqa: N818 - private signal, never escapes the module
+class _AlreadyExists(Exception):
     """The no-overwrite link found the target present (kept apart from other EEXISTs)."""
 
 

@@ -53,7 +53,7 @@ class EmbeddedEtcdError(ResilienceError):
     """An embedded etcd could not be started or controlled."""
 
 
-class EtcdNotInstalled(EmbeddedEtcdError):  # noqa: N818 - house naming, like FencedOut
+class EtcdNotInstalled(EmbeddedEtcdError):
     """No etcd binary was found next to the Python interpreter or on PATH."""
 
 

@@ -7,7 +7,7 @@ from checkpoint import ResilienceError
 __all__ = ["FailoverExhausted", "JobFailed", "UserError"]
 
 
-class FailoverExhausted(ResilienceError):  # noqa: N818 - house naming, like FencedOut
+class FailoverExhausted(ResilienceError):
     """The restart budget is spent: the job is stopped, never left half-alive."""
 
     def __init__(self, job_id: str, restarts: int, last_reason: str) -> None:
@@ -22,9 +22,9 @@ class FailoverExhausted(ResilienceError):  # noqa: N818 - house naming, like Fen
         return (type(self), (self.job_id, self.restarts, self.last_reason))
 
 
-class JobFailed(ResilienceError):  # noqa: N818
+class JobFailed(ResilienceError):
     """The job stopped without finishing; the message says why."""
 
 
-class UserError(ResilienceError):  # noqa: N818
+class UserError(ResilienceError):
     """A mistake in what the user asked for (bad path, bad option): one line, no traceback."""

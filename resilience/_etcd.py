@@ -52,11 +52,11 @@ _log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 5.0
 
 # grpc backs off up to 120 s between reconnects to a dead server by default; a
-# restarted etcd member must be usable again within about a second.
+# restarted etcd member must be usable again within half a second. (Not
+# `min_reconnect_backoff_ms`: despite its name it is the connect timeout.)
 _GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", 500),
 ]
 
 # Codes that mean "this endpoint did not answer", as opposed to "etcd refused".
@@ -69,7 +69,7 @@ class EtcdError(ResilienceError):
     """etcd refused a request, or the client was misused (closed, bad argument)."""
 
 
-class EtcdUnavailable(EtcdError):  # noqa: N818 - house names say what happened (FencedOut)
+class EtcdUnavailable(EtcdError):
     """No etcd endpoint answered in time (down, paused, partitioned, or unreachable).
 
     The outcome of a write that raised this is unknown: it may have been
@@ -85,7 +85,7 @@ class EtcdUnavailable(EtcdError):  # noqa: N818 - house names say what happened 
         return (type(self), (self.endpoint, self.reason))
 
 
-class InvalidEndpoint(EtcdError, ValueError):  # noqa: N818 - house naming, like FencedOut
+class InvalidEndpoint(EtcdError, ValueError):
     """An etcd endpoint string is not `host:port` (or `http://host:port`)."""
 
 
@@ -318,8 +318,9 @@ class EtcdClient:
     """A connection to one etcd cluster through one or more client endpoints.
 
     Construction does not contact etcd; `ping()` does (`connect()` does both).
-    Every call raises `EtcdUnavailable` when no endpoint answers within the
-    timeout and `EtcdError` when etcd refuses it. With several endpoints, a
+    Every call waits up to the timeout for an answer, riding through a
+    reconnect, then raises `EtcdUnavailable`; it raises `EtcdError` when etcd
+    refuses it. With several endpoints, a
     failed endpoint is skipped for a second and the next call goes to another;
     calls are not retried automatically (a retried write could apply twice).
     Thread-safe. Watch callbacks run on one shared internal thread: keep them short.
@@ -418,11 +419,14 @@ class EtcdClient:
         timeout = self._timeout_s if timeout_s is None else timeout_s
         try:
             stub = self._stub(service)
+            # wait_for_ready: a call made while the channel reconnects waits for
+            # it (within the timeout) instead of failing at once.
             return getattr(stub, method)(
                 request,
                 timeout,
                 credentials=self._client.call_credentials,
                 metadata=self._client.metadata,
+                wait_for_ready=True,
             )
         except (grpc.RpcError, pyetcd_exceptions.Etcd3Exception) as exc:
             raise self._translate(exc, method) from exc
@@ -511,6 +515,7 @@ class EtcdClient:
                 timeout,
                 credentials=self._client.call_credentials,
                 metadata=self._client.metadata,
+                wait_for_ready=True,
             )
             try:
                 for response in stream:

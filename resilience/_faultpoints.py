@@ -2,7 +2,10 @@
 
 A fault point is armed by a file ``<workdir>/.resilience/faults/<name>`` whose
 content is the action: ``kill`` (SIGKILL this process, once: the file is
-removed first so the restarted process goes on), or ``pause <seconds>``. With no
+removed first so the restarted process goes on), or ``pause <seconds>``.
+Storage points (`io_hook`, used by the checkpoint store for every write) also
+take ``enospc`` and ``eio`` (the write fails with that errno while armed) and
+``slow <seconds>``. With no
 file the check costs one `stat`, so the points stay in production code: the
 crash a chaos scenario injects is then the real one, at the exact place (for
 example between a sink's pre-commit and its commit), not an imitation.
@@ -10,12 +13,19 @@ example between a sink's pre-commit and its commit), not an imitation.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["arm", "disarm", "hit"]
+__all__ = ["STORE_WRITE", "arm", "disarm", "hit", "io_hook"]
+
+STORE_WRITE = "store.write"
+"""The fault point of every checkpoint store write."""
+
+_ACTIONS = ("kill", "enospc", "eio")
 
 
 def _path(workdir: Path, name: str) -> Path:
@@ -24,8 +34,10 @@ def _path(workdir: Path, name: str) -> Path:
 
 def arm(workdir: Path, name: str, action: str = "kill") -> None:
     """Arm fault point `name` under `workdir` with `action` (``kill`` or ``pause S``)."""
-    if action != "kill" and not action.startswith("pause "):
-        raise ValueError(f"unknown fault action {action!r} (use 'kill' or 'pause <seconds>')")
+    if action not in _ACTIONS and not action.startswith(("pause ", "slow ")):
+        raise ValueError(
+            f"unknown fault action {action!r} (use kill, enospc, eio, 'pause S' or 'slow S')"
+        )
     p = _path(workdir, name)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
@@ -50,5 +62,22 @@ def hit(workdir: Path, name: str) -> None:
         except FileNotFoundError:
             return  # another process took this one-shot fault
         os.kill(os.getpid(), signal.SIGKILL)
-    elif action.startswith("pause "):
+    elif action.startswith(("pause ", "slow ")):
         time.sleep(float(action.split()[1]))
+
+
+def io_hook(workdir: Path, name: str = STORE_WRITE) -> Callable[[str, int], None]:
+    """A store `fault_hook` driven by fault point `name`: fails or slows writes while armed."""
+
+    def hook(path: str, nbytes: int) -> None:
+        try:
+            action = _path(workdir, name).read_text().strip()
+        except FileNotFoundError:
+            return
+        if action == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        if action == "eio":
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+        hit(workdir, name)
+
+    return hook

@@ -60,7 +60,7 @@ def ray_session(
     never `ray stop`). An already-initialized session is left running.
     """
     apply_ray_env()
-    import ray  # noqa: PLC0415 - importing Ray costs ~1 s; only pay it when needed
+    import ray
 
     if ray.is_initialized():
         yield RaySession(ray.get_runtime_context().gcs_address, False, namespace)

@@ -82,7 +82,7 @@ def run_payments(
     worker from there). Raises `UserError` for bad paths and `JobFailed` when
     the job cannot finish.
     """
-    from resilience._runtime._driver import PipelineRunner  # noqa: PLC0415 - imports Ray
+    from resilience._runtime._driver import PipelineRunner
 
     check_paths(opts.input_path, opts.workdir)
     total = _count_lines(opts.input_path)

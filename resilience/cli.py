@@ -78,7 +78,30 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--ray", dest="ray_address", default=None,
                    help="address of a Ray cluster to join (default: start a local one)")
     r.add_argument("--batch-size", type=_positive_int, default=2000)
+    r.add_argument("--from-savepoint", default=None, metavar="NAME|PATH",
+                   help="start from a savepoint (a name under the savepoint dir, or its path)")
+    r.add_argument("--savepoint-dir", type=Path, default=None,
+                   help="where savepoints live (default: WORKDIR/savepoints)")
     r.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("savepoint", help="write a named, self-contained savepoint of a job")
+    s.add_argument("job", metavar="JOB", help="job id (e.g. payments)")
+    s.add_argument("--name", required=True)
+    s.add_argument("--workdir", type=Path, default=None,
+                   help="the job's workdir (to find its embedded etcd and store)")
+    s.add_argument("--etcd", default=None)
+    s.add_argument("--timeout", type=float, default=120.0)
+
+    c = sub.add_parser("checkpoints", help="list, show or verify a job's checkpoints")
+    c.add_argument("action", choices=["list", "show", "verify"])
+    c.add_argument("checkpoint_id", nargs="?", type=int, default=None)
+    c.add_argument("--workdir", type=Path, required=True)
+    c.add_argument("--job-id", default="payments")
+    c.add_argument("--store", default=None, help="store URI (default: WORKDIR/checkpoints)")
+    c.add_argument("--etcd", default=None)
+    c.add_argument("--no-etcd", action="store_true",
+                   help="do not consult etcd for which checkpoints are complete")
+    c.add_argument("--json", action="store_true", help="print JSON")
 
     v = sub.add_parser("verify", help="check a payments ledger for exactly-once")
     v.add_argument("--input", type=Path, required=True)
@@ -119,16 +142,25 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "verify":
-        from resilience.checker import run_cli  # noqa: PLC0415
+        from resilience.checker import run_cli
 
         return run_cli(args.input, args.workdir, args.json, reference_ledger=args.reference)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "savepoint":
+        from resilience._admin import savepoint_command
+
+        return savepoint_command(args.job, args.name, workdir=args.workdir, etcd=args.etcd,
+                                 timeout_s=args.timeout)
+    if args.command == "checkpoints":
+        from resilience._admin import checkpoints_command
+
+        return checkpoints_command(args)
     raise UserError(f"unknown command {args.command}")
 
 
 def _gen(args: argparse.Namespace) -> int:
-    from resilience.jobs.payments.generator import generate  # noqa: PLC0415
+    from resilience.jobs.payments.generator import generate
 
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -145,8 +177,13 @@ def _gen(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from resilience.jobs.payments.job import PaymentsOptions  # noqa: PLC0415
+    from resilience._admin import resolve_savepoint
+    from resilience.jobs.payments.job import PaymentsOptions
 
+    savepoint = None
+    if args.from_savepoint:
+        savepoint = resolve_savepoint(args.from_savepoint,
+                                      args.savepoint_dir or args.workdir / "savepoints")
     return PaymentsOptions(
         input_path=args.input,
         workdir=args.workdir,
@@ -154,15 +191,21 @@ def _options(args: argparse.Namespace) -> Any:
         checkpoint_interval_s=args.checkpoint_interval,
         job_id=args.job_id,
         batch_size=args.batch_size,
+        savepoint_dir=args.savepoint_dir,
+        from_savepoint=savepoint,
     )
 
 
 def _summary(result: Any) -> str:
     st = result.status
+    start = (st.get("restores") or [{}])[0]
     restores = st.get("restores", [])[1:]
+    origin = (f"from checkpoint {start['from_checkpoint']}" if start.get("from_checkpoint")
+              else "from the beginning of the input")
     lines = [
         f"job {st['job_id']} finished in {result.elapsed_s:.1f}s: "
         f"{result.input_lines:,} input lines, {result.events_per_s:,.0f} lines/s",
+        f"  started {origin}",
         f"  checkpoints: {st['checkpoints_completed']} completed, "
         f"{st['checkpoints_failed']} failed; fencing epoch {st['fencing_epoch']}",
         f"  restores after failures: {len(restores)}",
@@ -175,7 +218,7 @@ def _summary(result: Any) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from resilience._run import run_payments  # noqa: PLC0415
+    from resilience._run import run_payments
 
     result = run_payments(_options(args), etcd=args.etcd, ray_address=args.ray_address,
                           show_progress=not args.no_progress)
@@ -184,10 +227,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from resilience._run import run_payments  # noqa: PLC0415
-    from resilience.checker import verify  # noqa: PLC0415
-    from resilience.jobs.payments.generator import generate  # noqa: PLC0415
-    from resilience.jobs.payments.job import PaymentsOptions  # noqa: PLC0415
+    from resilience._run import run_payments
+    from resilience.checker import verify
+    from resilience.jobs.payments.generator import generate
+    from resilience.jobs.payments.job import PaymentsOptions
 
     root: Path = args.workdir
     input_path = root / f"payments-{args.events}.jsonl"

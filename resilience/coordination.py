@@ -78,11 +78,11 @@ class CoordinationError(ResilienceError):
     """A coordination primitive could not do its job."""
 
 
-class InvalidCoordinationArgument(CoordinationError, ValueError):  # noqa: N818 - house naming
+class InvalidCoordinationArgument(CoordinationError, ValueError):
     """A coordination primitive was configured with an impossible value."""
 
 
-class CampaignTimeout(CoordinationError, TimeoutError):  # noqa: N818 - house naming
+class CampaignTimeout(CoordinationError, TimeoutError):
     """`campaign()` did not become leader within its timeout."""
 
     def __init__(self, resource: str, holder: str, timeout_s: float) -> None:

@@ -21,6 +21,7 @@ other threads; they only enqueue events for the control thread.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -28,11 +29,11 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import RayActorError, RayError
 
 from checkpoint import (
     CheckpointAborted,
@@ -44,12 +45,16 @@ from checkpoint import (
     Manifest,
     TaskSnapshot,
     apply_retention,
+    chunk_ref_of,
+    copy_checkpoint,
     plan_retention,
     store_from_uri,
 )
+from resilience import _faultpoints as faultpoints
 from resilience._errors import FailoverExhausted
 from resilience._etcd import EtcdClient, EtcdError
-from resilience._runtime._registry import CheckpointRecord, CheckpointRegistry
+from resilience._runtime._registry import CheckpointRecord, CheckpointRegistry, job_prefix
+from resilience._runtime._savepoints import import_savepoint, open_savepoint, savepoint_store
 from resilience._runtime._spec import PipelineSpec
 from resilience.coordination import LeaderElection, Leadership
 
@@ -83,7 +88,9 @@ class JobCoordinator:
         self.spec = spec
         self.config = spec.checkpoint or CheckpointConfig(interval_s=1e9)
         self.checkpointing = spec.checkpoint is not None
-        self.store = store_from_uri(spec.store_uri, job_id=spec.job_id)
+        self.store = store_from_uri(
+            spec.store_uri, job_id=spec.job_id,
+            fault_hook=faultpoints.io_hook(spec.workdir))
         self.client = EtcdClient(etcd_endpoints)
         self.registry = CheckpointRegistry(self.client, spec.job_id)
         self.task_specs = spec.task_specs()
@@ -106,6 +113,9 @@ class JobCoordinator:
         self._final_checkpoint: int | None = None
         self._watermark = 0
         self._restores_done = 0
+        self._savepoint_requests: list[str] = []
+        self._savepoint_for: dict[int, str] = {}
+        self._cancel_watch: Any = None
         self._status: dict[str, Any] = {
             "job_id": spec.job_id,
             "state": "starting",
@@ -168,7 +178,7 @@ class JobCoordinator:
                 self._tick()
         except FailoverExhausted as e:
             self._fail(str(e))
-        except Exception as e:  # noqa: BLE001 - the job must end in a visible state
+        except Exception as e:
             log.exception("coordinator failed")
             self._fail(f"coordinator error: {_short(e)}")
 
@@ -200,9 +210,32 @@ class JobCoordinator:
         assert leadership is not None
         leadership.on_lost(lambda: self.events.put(("leadership_lost",)))
         self._set(fencing_epoch=leadership.epoch, state="leading")
-        with contextlib.suppress(EtcdError):
+        prefix = job_prefix(self.spec.job_id)
+        with contextlib.suppress(EtcdError, FencedOut):
             self.registry.set_state(leadership, "running", epoch=leadership.epoch,
                                     holder=self.holder)
+            leadership.fenced_put(f"{prefix}spec", json.dumps({
+                "workdir": str(self.spec.workdir),
+                "store_uri": self.spec.store_uri,
+                "savepoint_dir": str(self._savepoint_dir()),
+                "stages": {s.name: s.parallelism for s in self.spec.stages},
+                "schema_version": self.spec.schema_version,
+                "code_version": self.spec.code_version,
+            }).encode())
+        if self._cancel_watch is None:
+            requests = f"{prefix}requests/savepoint/"
+
+            def on_request(event: Any) -> None:
+                if event.kind == "put":
+                    self.events.put(("savepoint", event.key.removeprefix(requests)))
+
+            with contextlib.suppress(EtcdError):
+                self._cancel_watch = self.client.watch_prefix(requests, on_request).cancel
+                for kv in self.client.get_prefix(requests):  # requests made before the watch
+                    self.events.put(("savepoint", kv.key.removeprefix(requests)))
+
+    def _savepoint_dir(self) -> Path:
+        return self.spec.savepoint_dir or (self.spec.workdir / "savepoints")
 
     def _handle(self, task_id: str) -> Any:
         h = self._handles.get(task_id)
@@ -259,6 +292,10 @@ class JobCoordinator:
                 self._need_recover = self._need_recover or f"task {task_id} failed: {detail}"
         elif kind == "leadership_lost":
             self._relead("leadership lost")
+        elif kind == "savepoint":
+            name = event[1]
+            if name not in self._savepoint_requests and name not in self._savepoint_for.values():
+                self._savepoint_requests.append(name)
 
     def _relead(self, reason: str) -> None:
         log.warning("%s; campaigning again", reason)
@@ -296,10 +333,18 @@ class JobCoordinator:
                 # End of input: one last checkpoint commits the tail, then end of stream.
                 checkpoint_id = self.core.trigger()
                 self._final_checkpoint = checkpoint_id
+                if self._savepoint_requests:
+                    self._savepoint_for[checkpoint_id] = self._savepoint_requests.pop(0)
                 self._outstanding.append(source.step.remote(generation, 0, checkpoint_id, True))
             return
         while len(self._outstanding) < _PUMP_WINDOW:
-            barrier = self.core.trigger() if self.checkpointing and self.core.due() else 0
+            barrier = 0
+            if self._savepoint_requests and not self.core.pending:
+                # A savepoint is a checkpoint taken now, then copied out.
+                barrier = self.core.trigger()
+                self._savepoint_for[barrier] = self._savepoint_requests.pop(0)
+            elif self.checkpointing and self.core.due():
+                barrier = self.core.trigger()
             self._outstanding.append(
                 source.step.remote(generation, self.spec.batch_size, barrier, False)
             )
@@ -330,7 +375,7 @@ class JobCoordinator:
                 created_at=manifest.created_at,
                 duration_s=done.duration_s,
                 total_bytes=manifest.total_bytes(),
-                manifest_checksum=manifest.checksum() if hasattr(manifest, "checksum") else "",
+                manifest_checksum=chunk_ref_of(manifest.to_bytes()).digest,
             )
             self.registry.commit(leadership, record)
         except FencedOut:
@@ -348,6 +393,9 @@ class JobCoordinator:
             for t in self.sink_ids
         ]
         self._record_checkpoint(manifest, watermark, done)
+        name = self._savepoint_for.pop(done.checkpoint_id, None)
+        if name is not None:
+            self._write_savepoint(name, done.checkpoint_id)
         if done.checkpoint_id == self._final_checkpoint:
             try:
                 ray.get(refs, timeout=_RESTORE_TIMEOUT_S)
@@ -359,6 +407,53 @@ class JobCoordinator:
             with contextlib.suppress(EtcdError, FencedOut):
                 self.registry.set_state(leadership, "finished", checkpoint_id=done.checkpoint_id)
         self._retain()
+
+    def _write_savepoint(self, name: str, checkpoint_id: int) -> None:
+        """Copy a completed checkpoint out as savepoint `name` and answer the request."""
+        prefix = job_prefix(self.spec.job_id)
+        try:
+            target = savepoint_store(self._savepoint_dir(), name)
+            manifest = copy_checkpoint(self.store, checkpoint_id, target, name=name)
+            answer = {"name": name, "checkpoint_id": checkpoint_id,
+                      "path": target.describe(), "bytes": manifest.total_bytes(),
+                      "schema_version": manifest.schema_version, "ok": True}
+        except (CheckpointError, OSError) as e:
+            answer = {"name": name, "checkpoint_id": checkpoint_id, "ok": False,
+                      "error": _short(e)}
+        with contextlib.suppress(EtcdError):
+            self.client.put(f"{prefix}savepoints/{name}", json.dumps(answer).encode())
+            self.client.delete(f"{prefix}requests/savepoint/{name}")
+
+    def _import_savepoint(self, records: list[CheckpointRecord]) -> list[CheckpointRecord]:
+        """At a run's start from a savepoint: make it the newest complete checkpoint (once)."""
+        location = self.spec.initial_savepoint
+        leadership = self.leadership
+        if location is None or leadership is None:
+            return records
+        marker = f"{job_prefix(self.spec.job_id)}runs/{self.spec.run_id}/savepoint"
+        if self.client.get(marker) is not None:
+            return records  # imported by an earlier incarnation of this run
+        source = savepoint_store(location)
+        manifest = open_savepoint(source, schema_version=self.spec.schema_version)
+        highest = max([0, *self.store.list_checkpoints(), *[r.checkpoint_id for r in records]])
+        imported = import_savepoint(source, manifest, self.store, checkpoint_id=highest + 1,
+                                    fencing_epoch=leadership.epoch)
+        source_meta = imported.tasks[self.source_id].metadata.get("op", {})
+        record = CheckpointRecord(
+            checkpoint_id=imported.checkpoint_id,
+            fencing_epoch=leadership.epoch,
+            watermark=int(source_meta.get("watermark", 0)),
+            created_at=time.time(),
+            duration_s=0.0,
+            total_bytes=imported.total_bytes(),
+            manifest_checksum=chunk_ref_of(imported.to_bytes()).digest,
+        )
+        leadership.fenced_txn(puts={
+            f"{self.registry.prefix}checkpoints/{record.checkpoint_id:020d}": record.to_bytes(),
+            marker: json.dumps({"savepoint": str(location)}).encode(),
+        })
+        log.warning("imported savepoint %s as checkpoint %s", location, record.checkpoint_id)
+        return [*records, record]
 
     def _record_checkpoint(
         self, manifest: Manifest, watermark: int, done: CheckpointCompleted
@@ -451,6 +546,8 @@ class JobCoordinator:
         self._eof = False
         self._final_checkpoint = None
         records = self._completed_records()
+        if self._restores_done == 1:
+            records = self._import_savepoint(records)
         try:
             highest = max([*self.store.list_checkpoints(), 0])
         except (CheckpointError, OSError):
@@ -519,8 +616,8 @@ class JobCoordinator:
         while pending:
             refs = {}
             for t in sorted(pending):
-                snap = None if manifest is None else manifest.tasks.get(t)
-                refs[self._handle(t).restore.remote(generation, snap, checkpoint_id, epoch,
+                snaps = self._snapshots_for(t, manifest)
+                refs[self._handle(t).restore.remote(generation, snaps, checkpoint_id, epoch,
                                                     watermark)] = t
             remaining = max(deadline - time.monotonic(), 0.1)
             ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=remaining)
@@ -542,9 +639,17 @@ class JobCoordinator:
             if pending:
                 time.sleep(0.05)  # a dead actor is being restarted by Ray; do not spin
 
-    def _aborted_all(self, reasons: Sequence[CheckpointAborted]) -> None:
-        for a in reasons:
-            self._aborted(a)
+    def _snapshots_for(self, task_id: str, manifest: Manifest | None) -> list[TaskSnapshot]:
+        """The snapshots task `task_id` restores from.
 
-
-_ = GetTimeoutError  # re-exported for callers that wait on status with a timeout
+        Its own when the checkpoint has it; otherwise (the stage's parallelism
+        changed since) every snapshot of its stage, to re-partition by key group.
+        """
+        if manifest is None:
+            return []
+        own = manifest.tasks.get(task_id)
+        spec = next(t for t in self.task_specs if t.task_id == task_id)
+        same_stage = [s for s in manifest.tasks.values() if s.kind == spec.stage]
+        if own is not None and len(same_stage) == spec.parallelism:
+            return [own]
+        return sorted(same_stage, key=lambda s: s.task_id)

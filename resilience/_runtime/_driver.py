@@ -39,14 +39,14 @@ class PipelineRunner:
         spec = self.spec
         # Tasks first: the coordinator looks them up by name as soon as it starts.
         for ts in spec.task_specs():
-            self.tasks[ts.task_id] = _RemoteTask.options(  # type: ignore[attr-defined]
+            self.tasks[ts.task_id] = _RemoteTask.options(
                 name=ts.actor_name,
                 namespace=spec.namespace,
                 max_restarts=-1,
                 max_task_retries=0,
                 num_cpus=0,
             ).remote(ts)
-        self.coordinator = _RemoteCoordinator.options(  # type: ignore[attr-defined]
+        self.coordinator = _RemoteCoordinator.options(
             name=spec.coordinator_name,
             namespace=spec.namespace,
             max_restarts=-1,

@@ -70,8 +70,13 @@ class Operator(Protocol):
     def snapshot(self, checkpoint_id: int) -> SnapshotWriter:
         """Synchronous half of a snapshot: cheap, on the processing thread."""
 
-    def restore(self, store: CheckpointStore, snapshot: TaskSnapshot | None) -> None:
-        """Reset to `snapshot` (None: the empty initial state)."""
+    def restore(self, store: CheckpointStore, snapshots: Sequence[TaskSnapshot]) -> None:
+        """Reset to the state in `snapshots` (none: the empty initial state).
+
+        Usually one snapshot: this task's own. After a change of parallelism
+        (restoring a savepoint with another `--parallelism`) a keyed task gets the
+        snapshots of every task of its stage and keeps the keys it now owns.
+        """
 
     def end_of_input(self) -> list[Any]:
         """All inputs ended; return final output records (usually none)."""
@@ -88,7 +93,7 @@ class SourceOperator(Protocol):
 
     def snapshot(self, checkpoint_id: int) -> SnapshotWriter: ...
 
-    def restore(self, store: CheckpointStore, snapshot: TaskSnapshot | None) -> None: ...
+    def restore(self, store: CheckpointStore, snapshots: Sequence[TaskSnapshot]) -> None: ...
 
     def watermark(self) -> int:
         """Position below which every record has been emitted (for replay floors)."""

@@ -97,6 +97,9 @@ class PipelineSpec:
     batch_size: int = 2000
     restart_budget: int = 20
     lease_ttl_s: int = 3
+    savepoint_dir: Path | None = None
+    initial_savepoint: Path | None = None  # a savepoint's own directory, imported at start
+    run_id: str = ""  # one `resilience run`; a savepoint is imported once per run
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]

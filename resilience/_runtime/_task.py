@@ -38,6 +38,7 @@ from checkpoint import (
     CompleteSnapshot,
     Deliver,
     EndOfInput,
+    IncompatibleState,
     RecordInFlight,
     Step,
     TakeSnapshot,
@@ -45,6 +46,7 @@ from checkpoint import (
     partition_of,
     store_from_uri,
 )
+from resilience import _faultpoints as faultpoints
 from resilience._runtime._operator import (
     OperatorContext,
     SnapshotWriter,
@@ -152,7 +154,9 @@ class TaskActor:
                 workdir=spec.workdir,
             )
         )
-        self.store: CheckpointStore = store_from_uri(spec.store_uri, job_id=spec.job_id)
+        self.store: CheckpointStore = store_from_uri(
+            spec.store_uri, job_id=spec.job_id,
+            fault_hook=faultpoints.io_hook(spec.workdir))
         self.generation = UNRESTORED
         self.failed = False
         self.outputs = [_Output(o, spec.namespace, spec.window) for o in spec.outputs]
@@ -205,12 +209,15 @@ class TaskActor:
     def restore(
         self,
         generation: int,
-        snapshot: TaskSnapshot | None,
+        snapshots: list[TaskSnapshot],
         checkpoint_id: int,
         fencing_epoch: int,
         watermark: int,
     ) -> dict[str, Any]:
-        """Reset to `snapshot` and join `generation`. Idempotent for the same generation.
+        """Reset to `snapshots` and join `generation`. Idempotent for the same generation.
+
+        `snapshots` is this task's own snapshot, or none (fresh start), or after a
+        change of parallelism every snapshot of the stage.
 
         Raises `CheckpointCorrupt` (from the store) when the snapshot does not
         verify: the coordinator then falls back to an older checkpoint.
@@ -221,14 +228,16 @@ class TaskActor:
         while not self._failed_writers.empty():
             self._failed_writers.get_nowait()
         replay: list[tuple[int, list[Any]]] = []
-        if snapshot is None:
-            self.op.restore(self.store, None)
-        else:
-            op_snapshot, channel_ref = split_snapshot(snapshot)
-            self.op.restore(self.store, op_snapshot)
-            if channel_ref is not None:
-                doc = msgpack.unpackb(self.store.get_chunk(channel_ref), strict_map_key=False)
-                replay = [(int(c), list(recs)) for c, recs in doc]
+        parts = [split_snapshot(s) for s in snapshots]
+        self.op.restore(self.store, [op for op, _ in parts])
+        channel_refs = [ref for _, ref in parts if ref is not None]
+        if channel_refs and len(parts) > 1:
+            raise IncompatibleState(
+                f"task {self.spec.task_id}: cannot change parallelism from a checkpoint "
+                "with in-flight records (unaligned); restore from an aligned one", len(parts), 1)
+        for ref in channel_refs:
+            doc = msgpack.unpackb(self.store.get_chunk(ref), strict_map_key=False)
+            replay = [(int(c), list(recs)) for c, recs in doc]
         if self._commits:
             op = self.op
             self._on_writer(lambda: op.recover(checkpoint_id, fencing_epoch, watermark))

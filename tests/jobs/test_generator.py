@@ -121,10 +121,11 @@ def test_stats_match_the_checkers_reading(
         if kind == "valid" and isinstance(t, Transfer)
     )
     assert fraud == stats.fraud
-    if invalid_rate:
-        assert stats.invalid > 0.5 * invalid_rate * stats.lines
-    if duplicate_rate:
-        assert stats.duplicates > 0.5 * duplicate_rate * stats.lines
+    # The rates are probabilities; only compare where the expected count is large.
+    if invalid_rate * stats.lines >= 100:
+        assert stats.invalid > 0.7 * invalid_rate * stats.lines
+    if duplicate_rate * stats.lines >= 100:
+        assert stats.duplicates > 0.7 * duplicate_rate * stats.lines
 
 
 def _reason_kind(reason: str) -> str:

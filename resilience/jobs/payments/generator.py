@@ -256,13 +256,16 @@ def generate(
     truncated JSON, not an object, a missing field, an amount that is zero,
     negative, a float, a string, a bool or null, an id or account of the wrong
     type or empty) and about ``duplicate_rate`` replay the id of a recent valid
-    transfer; the rest are distinct valid transfers with ids ``tx-000000001`` and
-    up (a malformed line uses up its id, so valid ids have gaps). Accounts are
+    transfer; the rest are distinct valid transfers. A new id is the line number,
+    ``tx-000000001`` and up, so valid ids have gaps where malformed lines (which
+    use their number as id when they have one) and replays sit. Accounts are
     ``acct-000000`` .. ``acct-{accounts-1:06d}`` and never send to themselves.
 
     The file is written to ``out.tmp`` and renamed into place, so a reader never
-    sees a half-written input. ``progress``, when given, is called with the number
-    of lines written so far every 10,000 lines and once at the end.
+    sees a half-written input; on an error the temporary file is removed.
+    ``progress``, when given, is called with the number of lines written so far
+    after every 10,000 lines and after the last one (its last call reports
+    ``events``).
 
     Raises ValueError for a negative ``events``, fewer than 2 accounts or rates
     outside [0, 1].
@@ -294,71 +297,75 @@ def generate(
     valid = invalid = duplicates = fraud = 0
     ts = _BASE_TS_MS
     tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n", buffering=1 << 20) as sink:
-        for block_start in range(1, events + 1, _BLOCK_LINES):
-            block_end = min(block_start + _BLOCK_LINES, events + 1)
-            lines: list[str] = []
-            for number in range(block_start, block_end):
-                ts += 1 + int(draw() * 20)
-                roll = draw()
-                if invalid_rate <= roll < duplicate_cutoff and recent:
-                    tx_id, sender, receiver, amount = recent[int(draw() * len(recent))]
-                    if draw() < _CONFLICTING_REPLAY_SHARE:
-                        amount += 1 + int(draw() * 1000)
-                    lines.append(_transfer_json(tx_id, names[sender], names[receiver], amount, ts))
-                    duplicates += 1
-                    continue
-                kind = draw()
-                if kind < _TAKEOVER_SHARE and compromised:
-                    # Account takeover: a compromised sender drains money in large sums.
-                    sender = compromised[int(draw() * len(compromised))]
-                    receiver = locate(cumulative, draw() * total_weight, 0, last_index)
-                    amount = 100_000 + int(math.exp(rng.gauss(11.5, 0.8)))
-                    if draw() < 0.5:
-                        amount -= amount % 100
-                elif kind < _TAKEOVER_SHARE + _MULE_SHARE and mules:
-                    # Mules collect round sums just above their threshold.
-                    sender = locate(cumulative, draw() * total_weight, 0, last_index)
-                    receiver = mules[int(draw() * len(mules))]
-                    amount = 100 * (500 + int(draw() * 4500))
-                else:
-                    sender = locate(cumulative, draw() * total_weight, 0, last_index)
-                    receiver = locate(cumulative, draw() * total_weight, 0, last_index)
-                    position = draw() * quantile_steps
-                    step = int(position)
-                    low = quantiles[step]
-                    amount = int(low + (quantiles[step + 1] - low) * (position - step))
-                    amount = min(max(amount, 1), _MAX_AMOUNT_CENTS)
-                    if draw() < _WHOLE_DOLLAR_SHARE:
-                        amount = max(100, amount - amount % 100)
-                while receiver == sender:
-                    receiver = locate(cumulative, draw() * total_weight, 0, last_index)
-                tx_id = f"tx-{number:09d}"
-                if roll < invalid_rate:
+    try:
+        with tmp.open("w", encoding="utf-8", newline="\n", buffering=1 << 20) as sink:
+            for block_start in range(1, events + 1, _BLOCK_LINES):
+                block_end = min(block_start + _BLOCK_LINES, events + 1)
+                lines: list[str] = []
+                for number in range(block_start, block_end):
+                    ts += 1 + int(draw() * 20)
+                    roll = draw()
+                    if invalid_rate <= roll < duplicate_cutoff and recent:
+                        tx_id, sender, receiver, amount = recent[int(draw() * len(recent))]
+                        if draw() < _CONFLICTING_REPLAY_SHARE:
+                            amount += 1 + int(draw() * 1000)
+                        lines.append(
+                            _transfer_json(tx_id, names[sender], names[receiver], amount, ts)
+                        )
+                        duplicates += 1
+                        continue
+                    kind = draw()
+                    if kind < _TAKEOVER_SHARE and compromised:
+                        # Account takeover: a compromised sender drains money in large sums.
+                        sender = compromised[int(draw() * len(compromised))]
+                        receiver = locate(cumulative, draw() * total_weight, 0, last_index)
+                        amount = 100_000 + int(math.exp(rng.gauss(11.5, 0.8)))
+                        if draw() < 0.5:
+                            amount -= amount % 100
+                    elif kind < _TAKEOVER_SHARE + _MULE_SHARE and mules:
+                        # Mules collect round sums just above their threshold.
+                        sender = locate(cumulative, draw() * total_weight, 0, last_index)
+                        receiver = mules[int(draw() * len(mules))]
+                        amount = 100 * (500 + int(draw() * 4500))
+                    else:
+                        sender = locate(cumulative, draw() * total_weight, 0, last_index)
+                        receiver = locate(cumulative, draw() * total_weight, 0, last_index)
+                        position = draw() * quantile_steps
+                        step = int(position)
+                        low = quantiles[step]
+                        amount = int(low + (quantiles[step + 1] - low) * (position - step))
+                        amount = min(max(amount, 1), _MAX_AMOUNT_CENTS)
+                        if draw() < _WHOLE_DOLLAR_SHARE:
+                            amount = max(100, amount - amount % 100)
+                    while receiver == sender:
+                        receiver = locate(cumulative, draw() * total_weight, 0, last_index)
+                    tx_id = f"tx-{number:09d}"
+                    if roll < invalid_rate:
+                        lines.append(
+                            _malformed(rng, tx_id, names[sender], names[receiver], amount, ts=ts)
+                        )
+                        invalid += 1
+                        continue
+                    # Inlined _transfer_json: a function call per line is measurable here.
                     lines.append(
-                        _malformed(rng, tx_id, names[sender], names[receiver], amount, ts=ts)
+                        f'{{"id":"{tx_id}","from":"{names[sender]}","to":"{names[receiver]}",'
+                        f'"amount":{amount},"ts":{ts}}}'
                     )
-                    invalid += 1
-                    continue
-                # Inlined _transfer_json: a function call per line is measurable here.
-                lines.append(
-                    f'{{"id":"{tx_id}","from":"{names[sender]}","to":"{names[receiver]}",'
-                    f'"amount":{amount},"ts":{ts}}}'
-                )
-                recent.append((tx_id, sender, receiver, amount))
-                valid += 1
-                multiplier = sender_factor[sender] * receiver_factor[receiver]
-                if amount % 100 == 0:
-                    multiplier *= _WHOLE_DOLLAR_FACTOR
-                if (amount + 1) * multiplier > FRAUD_LIMIT_CENTS:
-                    fraud += 1
-            lines.append("")  # so that the join ends the block's last line too
-            sink.write("\n".join(lines))
-            if progress is not None:
-                progress(block_end - 1)
-    os.replace(tmp, out)
-    if progress is not None and events % _BLOCK_LINES != 0:
-        progress(events)
+                    recent.append((tx_id, sender, receiver, amount))
+                    valid += 1
+                    multiplier = sender_factor[sender] * receiver_factor[receiver]
+                    if amount % 100 == 0:
+                        multiplier *= _WHOLE_DOLLAR_FACTOR
+                    if (amount + 1) * multiplier > FRAUD_LIMIT_CENTS:
+                        fraud += 1
+                lines.append("")  # so that the join ends the block's last line too
+                sink.write("\n".join(lines))
+                if progress is not None:
+                    progress(block_end - 1)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return GenerateStats(
         lines=events, valid=valid, invalid=invalid, duplicates=duplicates, fraud=fraud
     )

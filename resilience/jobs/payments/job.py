@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 import zlib
 from collections import deque
 from collections.abc import Sequence
@@ -67,11 +68,20 @@ _LEARNING_RATE = 0.05
 # -- validation -----------------------------------------------------------------------
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_transfer(raw: bytes) -> tuple[str, str, str, int] | str:
-    """(id, from, to, amount) of a valid line, or the reason it is rejected."""
+    """(id, from, to, amount) of a valid line, or the reason it is rejected.
+
+    Strict JSON: UTF-8 only (no BOM), no NaN/Infinity anywhere in the line.
+    """
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as e:
+        return f"not UTF-8: {e.reason} at byte {e.start}"
+    except ValueError as e:
         return f"not valid JSON: {e}"
     if not isinstance(doc, dict):
         return f"not a JSON object but {type(doc).__name__}"
@@ -175,7 +185,8 @@ class PaymentsSource:
 
         return SnapshotWriter(write, failed=lambda: self.seen.snapshot_failed(delta))
 
-    def restore(self, store: CheckpointStore, snapshot: TaskSnapshot | None) -> None:
+    def restore(self, store: CheckpointStore, snapshots: Sequence[TaskSnapshot]) -> None:
+        snapshot = _single(snapshots)
         if snapshot is None:
             self.seen.reset()
             position, dead_bytes = SourcePosition(), 0
@@ -195,6 +206,13 @@ class PaymentsSource:
             self._source.close()
         if self._dead is not None:
             self._dead.close()
+
+
+def _single(snapshots: Sequence[TaskSnapshot]) -> TaskSnapshot | None:
+    if len(snapshots) > 1:
+        raise IncompatibleState("a stage of parallelism 1 restored from several tasks",
+                                len(snapshots), 1)
+    return snapshots[0] if snapshots else None
 
 
 def _check_schema(meta: Any, task_id: str) -> None:
@@ -274,7 +292,8 @@ class FraudModel:
 
         return SnapshotWriter(write)
 
-    def restore(self, store: CheckpointStore, snapshot: TaskSnapshot | None) -> None:
+    def restore(self, store: CheckpointStore, snapshots: Sequence[TaskSnapshot]) -> None:
+        snapshot = _single(snapshots)
         if snapshot is None:
             self.weights = [0.0] * _N_FEATURES
             self.pending = deque()
@@ -283,7 +302,7 @@ class FraudModel:
         _check_schema(snapshot.metadata, snapshot.task_id)
         doc = msgpack.unpackb(store.get_chunk(snapshot.chunks[0]), raw=False)
         self.weights = [float(x) for x in doc["w"]]
-        self.pending = deque(tuple(p) for p in doc["pending"])  # type: ignore[misc]
+        self.pending = deque(tuple(p) for p in doc["pending"])
         self.trained = int(doc["trained"])
 
     def end_of_input(self) -> list[Any]:
@@ -323,12 +342,13 @@ class Balances:
 
         return SnapshotWriter(write, failed=lambda: self.state.snapshot_failed(delta))
 
-    def restore(self, store: CheckpointStore, snapshot: TaskSnapshot | None) -> None:
-        if snapshot is None:
+    def restore(self, store: CheckpointStore, snapshots: Sequence[TaskSnapshot]) -> None:
+        if not snapshots:
             self.state.reset()
             return
-        _check_schema(snapshot.metadata, snapshot.task_id)
-        self.state.restore(store, [StateHandle(snapshot.chunks, snapshot.metadata)])
+        for snapshot in snapshots:
+            _check_schema(snapshot.metadata, snapshot.task_id)
+        self.state.restore(store, [StateHandle(s.chunks, s.metadata) for s in snapshots])
 
     def end_of_input(self) -> list[Any]:
         return []
@@ -398,7 +418,7 @@ class LedgerSink:
 
         return SnapshotWriter(write)
 
-    def restore(self, store: CheckpointStore, snapshot: TaskSnapshot | None) -> None:
+    def restore(self, store: CheckpointStore, snapshots: Sequence[TaskSnapshot]) -> None:
         self.buffer = []
 
     def recover(self, checkpoint_id: int, fencing_epoch: int, watermark: int) -> None:
@@ -436,6 +456,9 @@ class PaymentsOptions:
     batch_size: int = 2000
     label_delay: int = LABEL_DELAY
     code_version: str = "0"
+    savepoint_dir: Path | None = None
+    from_savepoint: Path | None = None  # a savepoint's own directory
+    run_id: str = ""
 
 
 def payments_pipeline(opts: PaymentsOptions) -> PipelineSpec:
@@ -453,6 +476,9 @@ def payments_pipeline(opts: PaymentsOptions) -> PipelineSpec:
         code_version=opts.code_version,
         schema_version=STATE_SCHEMA_VERSION,
         batch_size=opts.batch_size,
+        savepoint_dir=opts.savepoint_dir,
+        initial_savepoint=opts.from_savepoint,
+        run_id=opts.run_id or uuid.uuid4().hex,
         stages=[
             StageSpec("source", partial(PaymentsSource, str(opts.input_path.resolve())),
                       is_source=True),
