@@ -16,6 +16,11 @@ is not in yet are processed *and* recorded as in-flight channel state of
 checkpoint N. When the last barrier N arrives the snapshot is complete. On restore
 the task replays that channel state before reading new input.
 
+A barrier may demand alignment (`must_align=True`): final checkpoints and
+savepoints never go unaligned, because nothing follows them to carry the
+in-flight records, and because a savepoint must be restorable at another
+parallelism, where channel state has no home.
+
 At most one checkpoint is aligned at a time: a barrier N+1 that arrives while N
 is still open holds its channel until N is done. Barriers arrive in increasing
 order on every channel (each upstream forwards each barrier once); a channel
@@ -121,6 +126,7 @@ class BarrierAligner:
         self._blocked = [False] * channels
         self._pending: int | None = None  # checkpoint being aligned / collected
         self._unaligned = False
+        self._must_align = False
         self._started_at = 0.0
         self._input_ended = False
         self.unaligned_count = 0  # how many checkpoints fell back to unaligned
@@ -135,11 +141,13 @@ class BarrierAligner:
         self._poll_into(out)
         return out
 
-    def on_barrier(self, channel: int, checkpoint_id: int) -> list[Step]:
-        """Barrier `checkpoint_id` arrived on `channel`."""
+    def on_barrier(
+        self, channel: int, checkpoint_id: int, *, must_align: bool = False
+    ) -> list[Step]:
+        """Barrier `checkpoint_id` arrived on `channel` (`must_align`: see the module doc)."""
         self._check_live(channel)
         out: list[Step] = []
-        self._feed(channel, _BARRIER, checkpoint_id, out)
+        self._feed(channel, _BARRIER, (checkpoint_id, must_align), out)
         self._poll_into(out)
         return out
 
@@ -187,7 +195,8 @@ class BarrierAligner:
                     assert pending is not None
                     out.append(RecordInFlight(pending, channel, payload))
         elif kind == _BARRIER:
-            self._on_barrier(channel, int(payload), out)
+            checkpoint_id, must_align = payload
+            self._on_barrier(channel, int(checkpoint_id), bool(must_align), out)
         else:
             self._ended[channel] = True
             self._maybe_finish_alignment(out)
@@ -195,7 +204,8 @@ class BarrierAligner:
                 self._input_ended = True
                 out.append(EndOfInput())
 
-    def _on_barrier(self, channel: int, checkpoint_id: int, out: list[Step]) -> None:
+    def _on_barrier(self, channel: int, checkpoint_id: int, must_align: bool,
+                    out: list[Step]) -> None:
         last = self._last_barrier[channel]
         if checkpoint_id <= last:
             raise BarrierProtocolError(
@@ -205,11 +215,12 @@ class BarrierAligner:
             # Unaligned mode released this channel; it is already past the open
             # checkpoint. Hold it until that checkpoint closes.
             self._blocked[channel] = True
-            self._held[channel].append((_BARRIER, checkpoint_id))
+            self._held[channel].append((_BARRIER, (checkpoint_id, must_align)))
             return
         if self._pending is None:
             self._pending = checkpoint_id
             self._unaligned = False
+            self._must_align = must_align
             self._started_at = self._clock()
         elif checkpoint_id != self._pending:
             raise BarrierProtocolError(
@@ -258,6 +269,7 @@ class BarrierAligner:
             self._timeout is None
             or self._pending is None
             or self._unaligned
+            or self._must_align
             or self._clock() - self._started_at < self._timeout
         ):
             return

@@ -20,6 +20,9 @@ A snapshot has two halves:
 
 A delta that fails to write is handed back with `KeyedState.snapshot_failed`, so
 its keys are written again by the next snapshot: the chain never has a hole.
+Snapshots begun before the failure was handed back (a timed-out checkpoint and
+the next one in flight together) carry the failed delta's keys too: the writer
+keeps them until a delta holding them is written.
 
 Chunks are MessagePack (language neutral: the Java runtime reads the same bytes).
 """
@@ -249,6 +252,9 @@ class KeyedState:
         self._chain = _Chain()
         self._chain_lock = threading.Lock()
         self._force_base = False
+        # (changed, deleted) of deltas that failed to write, carried into the next
+        # written delta; guarded by _chain_lock.
+        self._unwritten: tuple[dict[str, Any], set[str]] | None = None
 
     # -- map operations (hot path: keep them tiny) ---------------------------------
 
@@ -283,7 +289,8 @@ class KeyedState:
         """Synchronous half of a snapshot, O(changed keys). See the module docstring."""
         values = self._values
         changed = {k: values[k] for k in self._dirty}
-        deleted = self._deleted
+        # A key deleted then put again in this interval is in both sets; it is not deleted.
+        deleted = {k for k in self._deleted if k not in values}
         self._dirty = set()
         self._deleted = set()
         return StateSnapshot(self, checkpoint_id, changed, deleted, len(values))
@@ -302,24 +309,40 @@ class KeyedState:
                 self._deleted.add(key)
 
     def _write(self, snap: StateSnapshot, store: _ChunkStore) -> StateHandle:
-        delta = _pack(
-            {
-                "t": "delta",
-                "v": _CHUNK_FORMAT,
-                "ckpt": snap.checkpoint_id,
-                "set": snap.changed,
-                "del": sorted(snap.deleted),
-            }
-        )
         with self._chain_lock:
-            ref = store.put_chunk(delta)
-            chain = self._chain
-            new_deltas = [*chain.deltas, ref]
-            compact = self._force_base or self.compaction.should_compact(
-                len(new_deltas), chain.delta_bytes + ref.size, chain.base_bytes
+            changed, deleted = snap.changed, snap.deleted
+            if self._unwritten is not None:
+                # An earlier delta failed; this snapshot may have begun before its keys
+                # were handed back. Its own entries are newer and win.
+                lost_changed, lost_deleted = self._unwritten
+                changed = {
+                    **{k: v for k, v in lost_changed.items() if k not in snap.deleted},
+                    **snap.changed,
+                }
+                deleted = (lost_deleted - snap.changed.keys()) | snap.deleted
+            delta = _pack(
+                {
+                    "t": "delta",
+                    "v": _CHUNK_FORMAT,
+                    "ckpt": snap.checkpoint_id,
+                    "set": changed,
+                    "del": sorted(deleted),
+                }
             )
+            try:
+                ref = store.put_chunk(delta)
+                chain = self._chain
+                new_deltas = [*chain.deltas, ref]
+                compact = self._force_base or self.compaction.should_compact(
+                    len(new_deltas), chain.delta_bytes + ref.size, chain.base_bytes
+                )
+                if compact:
+                    base = self._compact(store, chain.base, new_deltas)
+            except BaseException:
+                self._unwritten = (changed, deleted)
+                raise
+            self._unwritten = None
             if compact:
-                base = self._compact(store, chain.base, new_deltas)
                 self._chain = _Chain(base=base, deltas=[])
                 self._force_base = False
             else:
@@ -409,6 +432,7 @@ class KeyedState:
             mine.end,
         ]
         with self._chain_lock:
+            self._unwritten = None
             if same_range:
                 h = handles[0]
                 self._chain = _Chain(
@@ -429,3 +453,4 @@ class KeyedState:
         with self._chain_lock:
             self._chain = _Chain()
             self._force_base = False
+            self._unwritten = None

@@ -127,6 +127,7 @@ class JobCoordinator:
             "committed_watermark": 0,
             "checkpoints_completed": 0,
             "checkpoints_failed": 0,
+            "checkpoints_unaligned": 0,
             "last_checkpoint": None,
             "checkpoint_history": [],
             "restores": [],
@@ -335,7 +336,10 @@ class JobCoordinator:
                 self._final_checkpoint = checkpoint_id
                 if self._savepoint_requests:
                     self._savepoint_for[checkpoint_id] = self._savepoint_requests.pop(0)
-                self._outstanding.append(source.step.remote(generation, 0, checkpoint_id, True))
+                # Aligned: nothing follows to carry in-flight records of an unaligned one.
+                self._outstanding.append(
+                    source.step.remote(generation, 0, checkpoint_id, True, True)
+                )
             return
         while len(self._outstanding) < _PUMP_WINDOW:
             barrier = 0
@@ -346,7 +350,8 @@ class JobCoordinator:
             elif self.checkpointing and self.core.due():
                 barrier = self.core.trigger()
             self._outstanding.append(
-                source.step.remote(generation, self.spec.batch_size, barrier, False)
+                source.step.remote(generation, self.spec.batch_size, barrier, False,
+                                   barrier in self._savepoint_for)
             )
 
     # -- checkpoint completion ----------------------------------------------------------
@@ -470,6 +475,8 @@ class JobCoordinator:
         with self._lock:
             st = self._status
             st["checkpoints_completed"] += 1
+            if any(snap.metadata.get("channel_state") for snap in manifest.tasks.values()):
+                st["checkpoints_unaligned"] += 1
             st["last_checkpoint"] = info
             st["committed_watermark"] = watermark
             st["checkpoint_history"] = [*st["checkpoint_history"][-199:], info]

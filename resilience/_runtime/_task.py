@@ -113,13 +113,15 @@ class _Output:
                 p = cache[k] = partition_of(k, n, maxp)
             buffers[p].append(r)
 
-    def flush(self, generation: int, barrier: int = 0, eos: bool = False) -> None:
+    def flush(self, generation: int, barrier: int = 0, eos: bool = False,
+              must_align: bool = False) -> None:
         """Send buffered records (and a barrier / end of stream) to every downstream task."""
         handles = self.handles
         for j, buf in enumerate(self.buffers):
             if not buf and not barrier and not eos:
                 continue
-            ref = handles[j].push.remote(generation, self.spec.channel, buf, barrier, eos)
+            ref = handles[j].push.remote(generation, self.spec.channel, buf, barrier, eos,
+                                         must_align)
             self.buffers[j] = []
             inflight = self.inflight[j]
             inflight.append(ref)
@@ -165,6 +167,7 @@ class TaskActor:
         self._failed_writers: queue.SimpleQueue[SnapshotWriter] = queue.SimpleQueue()
         self._open_unaligned: tuple[int, SnapshotWriter, dict[int, list[Any]]] | None = None
         self._pending_replay: list[tuple[int, list[Any]]] = []
+        self._must_align: set[int] = set()  # barriers that must not go unaligned
         self._coordinator: Any = None
         self._commits = spec.commits and has_commit_hooks(self.op)
         self.records_in = 0
@@ -247,6 +250,7 @@ class TaskActor:
             self.spec.n_inputs, alignment_timeout_s=self.spec.alignment_timeout_s
         )
         self._open_unaligned = None
+        self._must_align = set()
         self._pending_replay = replay
         self.failed = False
         self.generation = generation
@@ -260,9 +264,9 @@ class TaskActor:
 
     # -- data plane -----------------------------------------------------------------------
 
-    def push(
+    def push(  # noqa: PLR0917 - a hot Ray call: positional arguments pickle smallest
         self, generation: int, channel: int, records: list[Any], barrier: int = 0,
-        eos: bool = False,
+        eos: bool = False, must_align: bool = False,
     ) -> None:
         """Records (then maybe a barrier, then maybe end of stream) from input `channel`."""
         if generation != self.generation or self.failed:
@@ -275,7 +279,9 @@ class TaskActor:
                 self.records_in += len(records)
                 steps += aligner.on_records(channel, records)
             if barrier:
-                steps += aligner.on_barrier(channel, barrier)
+                if must_align:
+                    self._must_align.add(barrier)
+                steps += aligner.on_barrier(channel, barrier, must_align=must_align)
             if eos:
                 steps += aligner.on_end_of_stream(channel)
             if not steps and aligner.aligning:
@@ -285,14 +291,18 @@ class TaskActor:
         except Exception as e:  # noqa: BLE001 - any failure here is reported, then restored
             self._fail(e)
 
-    def step(self, generation: int, max_records: int, barrier: int = 0,
-             eos: bool = False) -> dict[str, Any]:
+    def step(
+        self, generation: int, max_records: int, barrier: int = 0,
+        eos: bool = False, must_align: bool = False,
+    ) -> dict[str, Any]:
         """Source only: maybe snapshot (barrier), then read and emit up to `max_records`."""
         if generation != self.generation or self.failed:
             return {"stale": True}
         try:
             self._before_input()
             if barrier:
+                if must_align:
+                    self._must_align.add(barrier)
                 self._take_snapshot(barrier, unaligned=False)
             if eos:
                 for out in self.outputs:
@@ -351,8 +361,10 @@ class TaskActor:
     def _take_snapshot(self, checkpoint_id: int, unaligned: bool) -> None:
         writer = self.op.snapshot(checkpoint_id)
         # Records emitted before the barrier go out with it, in the same push.
+        must_align = checkpoint_id in self._must_align
+        self._must_align.discard(checkpoint_id)
         for out in self.outputs:
-            out.flush(self.generation, barrier=checkpoint_id)
+            out.flush(self.generation, barrier=checkpoint_id, must_align=must_align)
         self.snapshots += 1
         if unaligned:
             self._open_unaligned = (checkpoint_id, writer, {})

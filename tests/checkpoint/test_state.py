@@ -685,7 +685,7 @@ class KeyedStateMachine(RuleBasedStateMachine):
 
 
 KeyedStateMachine.TestCase.settings = settings(
-    max_examples=100,
+    max_examples=200,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

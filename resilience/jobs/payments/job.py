@@ -459,6 +459,7 @@ class PaymentsOptions:
     savepoint_dir: Path | None = None
     from_savepoint: Path | None = None  # a savepoint's own directory
     run_id: str = ""
+    alignment_timeout_s: float | None = 2.0
 
 
 def payments_pipeline(opts: PaymentsOptions) -> PipelineSpec:
@@ -478,6 +479,7 @@ def payments_pipeline(opts: PaymentsOptions) -> PipelineSpec:
         batch_size=opts.batch_size,
         savepoint_dir=opts.savepoint_dir,
         initial_savepoint=opts.from_savepoint,
+        alignment_timeout_s=opts.alignment_timeout_s,
         run_id=opts.run_id or uuid.uuid4().hex,
         stages=[
             StageSpec("source", partial(PaymentsSource, str(opts.input_path.resolve())),
