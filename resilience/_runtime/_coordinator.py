@@ -51,7 +51,7 @@ from checkpoint import (
     store_from_uri,
 )
 from resilience import _faultpoints as faultpoints
-from resilience._errors import FailoverExhausted
+from resilience._errors import FailoverExhausted, JobFailed
 from resilience._etcd import EtcdClient, EtcdError
 from resilience._runtime._registry import CheckpointRecord, CheckpointRegistry, job_prefix
 from resilience._runtime._savepoints import import_savepoint, open_savepoint, savepoint_store
@@ -177,7 +177,7 @@ class JobCoordinator:
             self._recover("coordinator restarted" if self.restarted else "job start")
             while not self._stop.is_set() and not self._status["finished"]:
                 self._tick()
-        except FailoverExhausted as e:
+        except (FailoverExhausted, JobFailed) as e:
             self._fail(str(e))
         except Exception as e:
             log.exception("coordinator failed")
@@ -637,6 +637,9 @@ class JobCoordinator:
                 except RayError as e:
                     if _is_checkpoint_error(e):
                         raise _Corrupt(f"task {refs[ref]}: {_short(e)}") from e
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, JobFailed):
+                        raise JobFailed(str(cause)) from e
                     raise
             if time.monotonic() > deadline:
                 raise FailoverExhausted(

@@ -37,6 +37,7 @@ class PipelineRunner:
 
     def start(self) -> None:
         spec = self.spec
+        spec.workdir.mkdir(parents=True, exist_ok=True)
         # Tasks first: the coordinator looks them up by name as soon as it starts.
         for ts in spec.task_specs():
             self.tasks[ts.task_id] = _RemoteTask.options(

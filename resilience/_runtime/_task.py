@@ -47,6 +47,7 @@ from checkpoint import (
     store_from_uri,
 )
 from resilience import _faultpoints as faultpoints
+from resilience._errors import JobFailed
 from resilience._runtime._operator import (
     OperatorContext,
     SnapshotWriter,
@@ -147,15 +148,21 @@ class TaskActor:
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
         self.op = spec.factory()
-        self.op.open(
-            OperatorContext(
-                job_id=spec.job_id,
-                task_id=spec.task_id,
-                index=spec.index,
-                parallelism=spec.parallelism,
-                workdir=spec.workdir,
+        # An error here (unreadable input, bad path) must fail the job with its
+        # message, not make Ray re-create the actor forever: keep it for restore().
+        self._open_error: str | None = None
+        try:
+            self.op.open(
+                OperatorContext(
+                    job_id=spec.job_id,
+                    task_id=spec.task_id,
+                    index=spec.index,
+                    parallelism=spec.parallelism,
+                    workdir=spec.workdir,
+                )
             )
-        )
+        except Exception as e:  # noqa: BLE001
+            self._open_error = f"task {spec.task_id} could not start: {e}"
         self.store: CheckpointStore = store_from_uri(
             spec.store_uri, job_id=spec.job_id,
             fault_hook=faultpoints.io_hook(spec.workdir))
@@ -225,6 +232,8 @@ class TaskActor:
         Raises `CheckpointCorrupt` (from the store) when the snapshot does not
         verify: the coordinator then falls back to an older checkpoint.
         """
+        if self._open_error is not None:
+            raise JobFailed(self._open_error)
         self.generation = UNRESTORED  # drop input while restoring
         # Snapshot writes of the old generation must finish before the chain is reset.
         self._on_writer(lambda: None)

@@ -116,3 +116,15 @@ def test_unaligned_checkpoints_with_kills_stay_exactly_once(
     assert status["checkpoints_unaligned"] >= 1, status["checkpoint_history"]
     verdict = verify(payments_input, tmp_path)
     assert verdict.ok, verdict.summary()
+
+
+def test_a_task_that_cannot_start_fails_the_job_with_its_reason(
+    tmp_path: Path, etcd_server: Any, ray_local: str
+) -> None:
+    from resilience._errors import JobFailed
+
+    missing = tmp_path / "gone.jsonl"
+    spec = payments_pipeline(PaymentsOptions(missing, tmp_path, job_id=f"nostart-{time.time_ns()}"))
+    with PipelineRunner(spec, etcd_server.endpoint) as runner, \
+            pytest.raises(JobFailed, match="source-0 could not start.*gone.jsonl"):
+        runner.wait(timeout_s=120)

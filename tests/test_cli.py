@@ -1,0 +1,136 @@
+"""The command line: user mistakes end in one line and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from checkpoint import FileSystemStore
+from resilience._runtime._driver import PipelineRunner
+from resilience._runtime._savepoints import savepoint_store
+from resilience.cli import main
+from resilience.jobs.payments.generator import generate
+from resilience.jobs.payments.job import STATE_SCHEMA_VERSION, PaymentsOptions, payments_pipeline
+from resilience.testing import wait_until
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_missing_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "payments", "--input", str(tmp_path / "nope.jsonl"),
+                 "--workdir", str(tmp_path / "w"), "--etcd", "127.0.0.1:1"])
+    assert code == 2
+    assert "nope.jsonl does not exist" in _one_line_error(capsys)
+
+
+def test_unwritable_workdir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.jsonl"
+    generate(src, events=10, accounts=5, seed=1)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["run", "payments", "--input", str(src), "--workdir", str(blocker / "w"),
+                 "--etcd", "127.0.0.1:1"])
+    assert code == 2
+    assert "cannot create workdir" in _one_line_error(capsys)
+
+
+def test_verify_without_a_ledger_is_one_line(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.jsonl"
+    assert main(["gen-payments", "--events", "100", "--out", str(src)]) == 0
+    capsys.readouterr()
+    assert main(["verify", "--input", str(src), "--workdir", str(tmp_path)]) == 2
+    assert "ledger" in _one_line_error(capsys)
+
+
+def test_bad_option_values_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["gen-payments", "--events", "-3", "--out", "x"])
+    assert e.value.code == 2
+    assert "-3 must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+@pytest.mark.etcd
+def test_savepoint_of_a_running_job_then_restart_from_it(
+    tmp_path: Path, etcd_server: Any, ray_local: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in.jsonl"
+    generate(src, events=60_000, accounts=500, seed=3)
+    workdir = tmp_path / "job"
+    job_id = f"sp-{time.time_ns()}"
+    spec = payments_pipeline(PaymentsOptions(src, workdir, parallelism=2, job_id=job_id,
+                                             checkpoint_interval_s=0.5, batch_size=500))
+    codes: list[int] = []
+    with PipelineRunner(spec, etcd_server.endpoint) as runner:
+        wait_until(lambda: (runner.status() or {}).get("lines_read", 0) >= 5_000, timeout_s=120)
+        t = threading.Thread(target=lambda: codes.append(main(
+            ["savepoint", job_id, "--name", "mid", "--etcd", etcd_server.endpoint,
+             "--timeout", "60"])))
+        t.start()
+        t.join(timeout=90)
+        runner.wait(timeout_s=300)
+    assert codes == [0]
+    out = capsys.readouterr().out
+    assert "of running job" in out
+    store = savepoint_store(workdir / "savepoints", "mid")
+    manifest = store.get_manifest(store.list_checkpoints()[-1])
+    assert manifest.kind == "savepoint"
+    watermark = manifest.tasks["source-0"].metadata["op"]["watermark"]
+    assert 5_000 < watermark < 60_000  # taken mid-run, not the final checkpoint
+
+    # A savepoint written by another state schema is refused, naming both versions.
+    bad_dir = tmp_path / "savepoints"
+    bad = FileSystemStore(bad_dir, job_id="old")
+    for ref in manifest.chunk_refs():
+        bad.put_chunk(store.get_chunk(ref))
+    bad.put_manifest(dataclasses.replace(manifest, job_id="old", schema_version=99))
+    code = main(["run", "payments", "--input", str(src), "--workdir", str(tmp_path / "new"),
+                 "--etcd", etcd_server.endpoint, "--from-savepoint", str(bad_dir / "old")])
+    assert code == 1
+    line = _one_line_error(capsys)
+    assert "schema version 99" in line
+    assert f"schema version {STATE_SCHEMA_VERSION}" in line
+
+
+@pytest.mark.ray
+@pytest.mark.etcd
+def test_checkpoints_list_and_verify(tmp_path: Path, etcd_server: Any, ray_local: str,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.jsonl"
+    generate(src, events=20_000, accounts=300, seed=4)
+    job_id = f"ls-{time.time_ns()}"
+    spec = payments_pipeline(PaymentsOptions(src, tmp_path, job_id=job_id,
+                                             checkpoint_interval_s=0.3))
+    with PipelineRunner(spec, etcd_server.endpoint) as runner:
+        runner.wait(timeout_s=300)
+    base = ["--workdir", str(tmp_path), "--job-id", job_id, "--etcd", etcd_server.endpoint]
+    assert main(["checkpoints", "list", "--json", *base]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows
+    assert all(r["complete"] for r in rows)
+    assert main(["checkpoints", "verify", *base]) == 0
+    capsys.readouterr()
+    # Rot one chunk: verify must fail and name it.
+    store = FileSystemStore(tmp_path / "checkpoints", job_id=job_id)
+    newest = store.get_manifest(store.list_checkpoints()[-1])
+    ref = newest.tasks["model-0"].chunks[0]
+    path = store.chunk_path(ref)
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert main(["checkpoints", "verify", *base]) == 1
+    assert ref.hex[:12] in capsys.readouterr().out
