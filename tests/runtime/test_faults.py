@@ -126,5 +126,5 @@ def test_a_task_that_cannot_start_fails_the_job_with_its_reason(
     missing = tmp_path / "gone.jsonl"
     spec = payments_pipeline(PaymentsOptions(missing, tmp_path, job_id=f"nostart-{time.time_ns()}"))
     with PipelineRunner(spec, etcd_server.endpoint) as runner, \
-            pytest.raises(JobFailed, match="source-0 could not start.*gone.jsonl"):
+            pytest.raises(JobFailed, match=r"source-0 could not start.*gone\.jsonl"):
         runner.wait(timeout_s=120)
