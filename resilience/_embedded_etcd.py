@@ -3,15 +3,20 @@
 Used by default when no etcd endpoint is configured, by the test fixtures and
 by the chaos harness. Every process listens on 127.0.0.1 only, writes its log
 to `<data_dir>/etcd.log`, and is stopped on context exit, on interpreter exit
-(atexit), on Ctrl-C in the parent, and, on Linux, when the parent dies
-without cleaning up (the child gets SIGKILL from the kernel).
+(atexit), on Ctrl-C in the parent, and, on Linux with util-linux's `setpriv`,
+when the parent dies without cleaning up (the kernel sends the child SIGKILL).
+
+No Python code may run between fork and exec here: this process holds gRPC
+channels, and a real fork() runs gRPC's atfork handlers, which can abort the
+child or deadlock the parent. So no `preexec_fn`; the parent-death signal is
+set by `setpriv`, which then execs etcd under the same pid.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
+import functools
 import json
 import os
 import shutil
@@ -23,7 +28,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -45,8 +50,6 @@ ENDPOINT_ENV = "RESILIENCE_ETCD"
 """Environment variable naming an external etcd ("host:port[,host:port...]")."""
 
 _LOG_TAIL_LINES = 15
-_PR_SET_PDEATHSIG = 1
-_SIGKILL = int(signal.SIGKILL)
 
 
 class EmbeddedEtcdError(ResilienceError):
@@ -111,23 +114,21 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-def _parent_death_signal() -> None:  # pragma: no cover - runs in the child before exec
-    if _libc_prctl is not None:
-        _libc_prctl(_PR_SET_PDEATHSIG, _SIGKILL)
-
-
-def _load_prctl() -> Callable[..., int] | None:
+@functools.cache
+def _death_signal_prefix() -> tuple[str, ...]:
+    """argv prefix making the kernel SIGKILL etcd when its parent dies; () if unsupported."""
     if not sys.platform.startswith("linux"):
-        return None
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
     try:
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
-
-
-# Resolved once in the parent: the child (between fork and exec) must not load libraries.
-_libc_prctl = _load_prctl()
+        usage = subprocess.run(
+            [setpriv, "--help"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (setpriv, "--pdeathsig", "KILL", "--") if "--pdeathsig" in usage else ()
 
 
 class _Registry:
@@ -250,21 +251,18 @@ class EtcdMember:
             self._release()
             self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._log = self.log_path.open("ab")
+            # The kernel sends the death signal when the *thread* that started the
+            # child exits, so it is only asked for from the main thread.
             in_main_thread = threading.current_thread() is threading.main_thread()
+            prefix = _death_signal_prefix() if in_main_thread else ()
             self._process = subprocess.Popen(
-                self._argv(),
+                [*prefix, *self._argv()],
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 # Own session: a Ctrl-C in the terminal reaches the parent only,
                 # which then stops etcd after its own cleanup (last fenced writes).
                 start_new_session=True,
-                # The kernel sends the death signal when the *thread* that forked
-                # exits, so it is only safe to ask for it from the main thread. The
-                # hook only calls an already-resolved prctl: no lock, no import.
-                preexec_fn=(  # noqa: PLW1509
-                    _parent_death_signal if in_main_thread and _libc_prctl is not None else None
-                ),
             )
             self._paused = False
             _REGISTRY.add(self)

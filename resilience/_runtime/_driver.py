@@ -97,6 +97,11 @@ class PipelineRunner:
         refs = {tid: h.pid.remote() for tid, h in self.tasks.items()}
         return {tid: int(ray.get(ref, timeout=timeout_s)) for tid, ref in refs.items()}
 
+    def task_stats(self, timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
+        """Each task's counters (records in/out, snapshots, CPU seconds of its process)."""
+        refs = {tid: h.ping.remote() for tid, h in self.tasks.items()}
+        return {tid: dict(ray.get(ref, timeout=timeout_s)) for tid, ref in refs.items()}
+
     def coordinator_pid(self, timeout_s: float = 30.0) -> int:
         return int(ray.get(self.coordinator.pid.remote(), timeout=timeout_s))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import resource
 import threading
 import time
 import traceback
@@ -74,6 +75,11 @@ def split_snapshot(snapshot: TaskSnapshot) -> tuple[TaskSnapshot, ChunkRef | Non
     op_chunks = chunks[:-1] if channel_ref is not None else chunks
     op = TaskSnapshot(snapshot.task_id, snapshot.kind, op_chunks, dict(meta.get("op", {})))
     return op, channel_ref
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return float(usage.ru_utime + usage.ru_stime)
 
 
 class _Output:
@@ -201,6 +207,7 @@ class TaskActor:
             "snapshots": self.snapshots,
             "restarted": self.incarnation_restarted,
             "unaligned": self.aligner.unaligned_count,
+            "cpu_s": _cpu_seconds(),
         }
 
     @property

@@ -630,6 +630,13 @@ class KeyedStateMachine(RuleBasedStateMachine):
         self.state.delete(key)
         self.model.pop(key, None)
 
+    @rule(key=MODEL_KEYS, value=st.integers(-5, 5))
+    def delete_then_put(self, key: str, value: int) -> None:
+        # Both in one checkpoint interval: the delta must not record a delete.
+        self.state.delete(key)
+        self.state.put(key, value)
+        self.model[key] = value
+
     @rule()
     def begin(self) -> None:
         self.in_flight.append((self.state.begin_snapshot(self.next_id), dict(self.model)))

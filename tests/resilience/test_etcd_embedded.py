@@ -22,6 +22,7 @@ from resilience._embedded_etcd import (
     EmbeddedEtcdCluster,
     EmbeddedEtcdError,
     EtcdNotInstalled,
+    _death_signal_prefix,
     endpoint_file,
     etcd_endpoint,
     find_etcd_binary,
@@ -35,6 +36,7 @@ from resilience._etcd import (
     Get,
     InvalidEndpoint,
     Put,
+    WatchEvent,
     parse_endpoints,
 )
 from resilience.testing import wait_until
@@ -280,6 +282,25 @@ def test_sigkill_then_restart_keeps_the_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.etcd
+def test_restarts_while_grpc_is_busy_in_this_process(tmp_path: Path) -> None:
+    # Regression: starting etcd with a real fork() ran gRPC's atfork handlers in
+    # the child, which aborted (SIGABRT) or hung the parent in fork().
+    with (
+        EmbeddedEtcd(tmp_path / "etcd") as server,
+        EtcdClient(server.endpoint, timeout_s=3.0) as client,
+    ):
+        events: list[WatchEvent] = []
+        handle = client.watch_prefix("/", events.append)
+        for round_number in range(3):
+            client.put("/round", str(round_number).encode())
+            server.restart()  # the watch stream breaks; the client reconnects
+            kv = client.get("/round")
+            assert kv is not None
+            assert kv.value == str(round_number).encode()
+        handle.cancel()
+
+
+@pytest.mark.etcd
 def test_paused_server_times_out_then_recovers(tmp_path: Path) -> None:
     with EmbeddedEtcd(tmp_path / "etcd") as server, EtcdClient(server.endpoint, timeout_s=0.5) as c:
         c.put("/k", b"v")
@@ -333,7 +354,7 @@ def test_ctrl_c_in_the_parent_stops_etcd(tmp_path: Path) -> None:
 
 
 @pytest.mark.etcd
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux")
+@pytest.mark.skipif(not _death_signal_prefix(), reason="needs Linux and util-linux `setpriv`")
 def test_sigkill_of_the_parent_leaves_no_orphan(tmp_path: Path) -> None:
     parent = _start_python(_EMBEDDED_CHILD, str(tmp_path / "etcd"))
     try:
