@@ -1,4 +1,8 @@
-"""Policies, runtime and CLI of fusion-resilience."""
+"""Policies, runtime and CLI of fusion-resilience.
+
+The public surface is what `__all__` lists (pinned by tests/test_exports.py);
+modules whose name starts with an underscore are machinery.
+"""
 
 from resilience._ray import apply_ray_env
 
@@ -6,3 +10,54 @@ from resilience._ray import apply_ray_env
 # before anything imports ray: otherwise Ray binds the machine's external
 # interface even when asked for 127.0.0.1. Existing values are respected.
 apply_ray_env()
+
+from checkpoint import (  # noqa: E402
+    CheckpointCorrupt,
+    CheckpointError,
+    CheckpointNotFound,
+    FencedOut,
+    IncompatibleState,
+    ResilienceError,
+    StoreWriteError,
+)
+from resilience._embedded_etcd import EmbeddedEtcd, EmbeddedEtcdCluster, etcd_endpoint  # noqa: E402
+from resilience._errors import FailoverExhausted, JobFailed, UserError  # noqa: E402
+from resilience._etcd import EtcdClient, EtcdError, EtcdUnavailable  # noqa: E402
+from resilience._ray import RaySession, ray_session  # noqa: E402
+from resilience._runtime._spec import PipelineSpec, StageSpec  # noqa: E402
+from resilience.coordination import LeaderElection, Leadership  # noqa: E402
+
+__all__ = [
+    "CheckpointCorrupt",
+    "CheckpointError",
+    "CheckpointNotFound",
+    "EmbeddedEtcd",
+    "EmbeddedEtcdCluster",
+    "EtcdClient",
+    "EtcdError",
+    "EtcdUnavailable",
+    "FailoverExhausted",
+    "FencedOut",
+    "IncompatibleState",
+    "JobFailed",
+    "LeaderElection",
+    "Leadership",
+    "PipelineRunner",
+    "PipelineSpec",
+    "RaySession",
+    "ResilienceError",
+    "StageSpec",
+    "StoreWriteError",
+    "UserError",
+    "etcd_endpoint",
+    "ray_session",
+]
+
+
+def __getattr__(name: str) -> object:
+    # PipelineRunner imports Ray (about a second): load it on first use only.
+    if name == "PipelineRunner":
+        from resilience._runtime._driver import PipelineRunner
+
+        return PipelineRunner
+    raise AttributeError(f"module 'resilience' has no attribute {name!r}")
