@@ -16,8 +16,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from resilience._embedded_etcd import EmbeddedEtcd  # noqa: E402
-from resilience._ray import ray_session  # noqa: E402
+from resilience._embedded_etcd import EmbeddedEtcd
+from resilience._ray import ray_session
 
 
 def machine() -> str:

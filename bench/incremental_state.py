@@ -77,7 +77,8 @@ def main() -> None:
             r = bench_size(n, args.touch, args.rounds, Path(tmp))
             print(f"{n:>10,} {r['pause_ms']:>7.1f}ms {r['delta_ms']:>7.1f}ms "
                   f"{r['delta_bytes']:>12,.0f} {r['full_ms']:>7.0f}ms {r['full_bytes']:>13,} "
-                  f"{r['delta_ms'] / r['full_ms']:>10.3f} {r['delta_bytes'] / r['full_bytes']:>11.3f} "
+                  f"{r['delta_ms'] / r['full_ms']:>10.3f} "
+                  f"{r['delta_bytes'] / r['full_bytes']:>11.3f} "
                   f"{r['compaction_ms']:>9.0f}ms", flush=True)
 
 

@@ -60,8 +60,10 @@ def main() -> None:
                         st = runner.status() or {}
                         if st.get("finished"):
                             return
-                        if st.get("state") == "running" and st.get("checkpoints_completed", 0) >= 2 \
-                                and len(st["restores"]) == i + 1:
+                        steady = (st.get("state") == "running"
+                                  and st.get("checkpoints_completed", 0) >= 2
+                                  and len(st["restores"]) == i + 1)
+                        if steady:
                             break
                         time.sleep(0.01)
                     time.sleep(1.5)  # steady state between kills
