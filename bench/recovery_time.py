@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/recovery_time.py [--kills K] [--events N]
 
-The clock starts at os.kill and stops when the ledger itself shows a commit of
-a checkpoint taken after the restore (polled in SQLite every 5 ms, independent
-of the job's own status). Kills rotate over the stateful tasks; the median and
+The clock starts at os.kill and stops when the ledger itself shows new rows
+committed after the restore (SQLite polled every 5 ms, independent of the
+job's own status). Kills rotate over the stateful tasks; the median and
 the worst case are reported, and the phases (failure detection + restore, and
 the wait for the next checkpoint to complete) from the coordinator's status.
 """
@@ -29,10 +29,11 @@ from resilience.jobs.payments.job import PaymentsOptions, payments_pipeline
 TARGETS = ["balances-0", "model-0", "ledger-0", "source-0", "balances-1"]
 
 
-def ledger_commit(path: Path) -> int:
+def committed_rows(path: Path) -> int:
+    """Rows visible in the ledger (rowids grow with every commit)."""
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as db:
-            row = db.execute("SELECT max(last_committed) FROM _resilience_sinks").fetchone()
+            row = db.execute("SELECT max(rowid) FROM postings").fetchone()
             return int(row[0] or 0)
     except sqlite3.Error:
         return 0
@@ -69,18 +70,15 @@ def main() -> None:
                     time.sleep(1.5)  # steady state between kills
                     target = TARGETS[i % len(TARGETS)]
                     pid = runner.pids()[target]
-                    before = ledger_commit(ledger)
                     t_kill = time.time()
                     os.kill(pid, signal.SIGKILL)
-                    # The first commit whose checkpoint was taken after the restore: ids
-                    # continue above every id handed out before, so wait for the restore,
-                    # then for a commit above the highest id seen at that point.
+                    # Rows visible at the kill; the first commit after the restore adds
+                    # rows (a commit that raced the kill may add some first: wait for the
+                    # restore, then for rows beyond what was visible then).
                     while len((runner.status() or {}).get("restores", [])) < i + 2:
                         time.sleep(0.005)
-                    st = runner.status() or {}
-                    floor = max(before, st["last_checkpoint"]["checkpoint_id"]
-                                if st.get("last_checkpoint") else 0)
-                    while ledger_commit(ledger) <= floor:
+                    floor = committed_rows(ledger)
+                    while committed_rows(ledger) <= floor:
                         time.sleep(0.005)
                     t_commit = time.time()
                     restore = (runner.status() or {})["restores"][-1]

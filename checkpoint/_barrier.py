@@ -122,6 +122,9 @@ class BarrierAligner:
         self._clock = clock
         self._last_barrier = [0] * channels  # highest barrier id seen per channel
         self._ended = [False] * channels
+        # What arrived, held or not: a protocol error is raised by the call that made it.
+        self._last_arrived = [0] * channels
+        self._closed = [False] * channels
         self._held: list[deque[tuple[str, Any]]] = [deque() for _ in range(channels)]
         self._blocked = [False] * channels
         self._pending: int | None = None  # checkpoint being aligned / collected
@@ -146,6 +149,12 @@ class BarrierAligner:
     ) -> list[Step]:
         """Barrier `checkpoint_id` arrived on `channel` (`must_align`: see the module doc)."""
         self._check_live(channel)
+        last = self._last_arrived[channel]
+        if checkpoint_id <= last:
+            raise BarrierProtocolError(
+                f"channel {channel} delivered barrier {checkpoint_id} after barrier {last}"
+            )
+        self._last_arrived[channel] = checkpoint_id
         out: list[Step] = []
         self._feed(channel, _BARRIER, (checkpoint_id, must_align), out)
         self._poll_into(out)
@@ -154,6 +163,7 @@ class BarrierAligner:
     def on_end_of_stream(self, channel: int) -> list[Step]:
         """`channel` will deliver nothing more."""
         self._check_live(channel)
+        self._closed[channel] = True
         out: list[Step] = []
         self._feed(channel, _EOS, None, out)
         return out
@@ -178,7 +188,7 @@ class BarrierAligner:
     def _check_live(self, channel: int) -> None:
         if not 0 <= channel < self._n:
             raise BarrierProtocolError(f"no input channel {channel} (task has {self._n})")
-        if self._ended[channel]:
+        if self._closed[channel]:
             raise BarrierProtocolError(f"channel {channel} delivered input after end of stream")
 
     def _feed(self, channel: int, kind: str, payload: Any, out: list[Step]) -> None:

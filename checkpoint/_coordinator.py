@@ -36,6 +36,9 @@ class CheckpointConfig:
     min_pause_s: float = 0.0
     max_concurrent: int = 1
     retained: int = 3
+    after_restore_s: float = 0.25
+    """Delay of the first checkpoint after a restore: output that was rolled back
+    becomes visible again this soon, instead of a whole interval later."""
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0:
@@ -48,6 +51,8 @@ class CheckpointConfig:
             raise ValueError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
         if self.retained < 1:
             raise ValueError(f"retained must be >= 1, got {self.retained}")
+        if self.after_restore_s < 0:
+            raise ValueError(f"after_restore_s must be >= 0, got {self.after_restore_s}")
 
 
 @dataclass
@@ -203,5 +208,7 @@ class CoordinatorCore:
         self.last_completed = checkpoint_id
         self.next_checkpoint_id = max(self.next_checkpoint_id, checkpoint_id + 1,
                                       highest_id_seen + 1)
-        self._last_trigger = self._clock()
+        cfg = self.config
+        self._last_trigger = self._clock() - cfg.interval_s + min(cfg.after_restore_s,
+                                                                  cfg.interval_s)
         return self.generation

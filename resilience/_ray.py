@@ -33,6 +33,33 @@ def apply_ray_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def _quiet_worker_deaths() -> None:
+    """Drop Ray's "A worker died" banners from the driver's stdout.
+
+    Killing workers is what this project does on purpose (tests, demo, chaos), and
+    the runtime reports each failure itself in one line. Ray prints these from a
+    private listener thread; if its internals move, the banners simply come back.
+    """
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_resilience_quiet", False):
+        return
+
+    def quiet(data: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(data, dict) and data.get("pid") == "raylet" and any(
+            "worker died" in str(line) for line in data.get("lines", [])
+        ):
+            logging.getLogger("resilience.ray").debug("%s", data["lines"])
+            return None
+        return original(data, *args, **kwargs)
+
+    quiet._resilience_quiet = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = quiet
+
+
 @dataclass(frozen=True)
 class RaySession:
     """The Ray session in use: its GCS address and whether this process started it."""
@@ -61,6 +88,13 @@ def ray_session(
     """
     apply_ray_env()
     import ray
+
+    # A local cluster started here uses token auth; saying so on every start is noise.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        lambda record: record.levelno >= logging.ERROR
+    )
+    if not log_to_driver:
+        _quiet_worker_deaths()
 
     if ray.is_initialized():
         yield RaySession(ray.get_runtime_context().gcs_address, False, namespace)

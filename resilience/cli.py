@@ -202,9 +202,13 @@ def _summary(result: Any) -> str:
     restores = st.get("restores", [])[1:]
     origin = (f"from checkpoint {start['from_checkpoint']}" if start.get("from_checkpoint")
               else "from the beginning of the input")
+    processing = (st["last_checkpoint"]["at"] - start["started_at"]
+                  if st.get("last_checkpoint") and start.get("started_at") else result.elapsed_s)
+    rate = result.input_lines / processing if processing > 0 else 0.0
     lines = [
-        f"job {st['job_id']} finished in {result.elapsed_s:.1f}s: "
-        f"{result.input_lines:,} input lines, {result.events_per_s:,.0f} lines/s",
+        f"job {st['job_id']} finished: {result.input_lines:,} input lines in "
+        f"{processing:.1f}s ({rate:,.0f} lines/s), {result.elapsed_s - processing:.1f}s of "
+        "actor start-up",
         f"  started {origin}",
         f"  checkpoints: {st['checkpoints_completed']} completed, "
         f"{st['checkpoints_failed']} failed; fencing epoch {st['fencing_epoch']}",

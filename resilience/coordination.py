@@ -219,8 +219,9 @@ class LeaderElection:
     def try_acquire(self) -> Leadership | None:
         """One attempt, no waiting: the new `Leadership`, or None when someone else leads.
 
-        Raises `EtcdUnavailable` when etcd does not answer (a lease granted for
-        the attempt is then left to expire).
+        Raises `EtcdUnavailable` when etcd does not answer; the lease granted
+        for the attempt is revoked, or expires if etcd stays unreachable, and
+        an epoch the attempt may have consumed is never granted again.
         """
         snapshot = self.client.transaction([], [Get(self.epoch_key), Get(self.leader_key)])
         epoch_kvs, leader_kvs = snapshot.reads

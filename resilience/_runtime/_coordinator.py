@@ -56,7 +56,7 @@ from resilience._etcd import EtcdClient, EtcdError
 from resilience._runtime._registry import CheckpointRecord, CheckpointRegistry, job_prefix
 from resilience._runtime._savepoints import import_savepoint, open_savepoint, savepoint_store
 from resilience._runtime._spec import PipelineSpec
-from resilience.coordination import LeaderElection, Leadership
+from resilience.coordination import CoordinationError, LeaderElection, Leadership
 
 __all__ = ["JobCoordinator"]
 
@@ -204,7 +204,7 @@ class JobCoordinator:
                     self.client.revoke_lease(current.lease_id)
                 self.leadership = election.campaign(timeout_s=self.spec.lease_ttl_s * 4)
                 break
-            except EtcdError as e:
+            except (EtcdError, CoordinationError) as e:  # etcd down, or another leader
                 log.warning("campaign failed: %s", e)
                 self._stop.wait(0.5)
         leadership = self.leadership
@@ -290,7 +290,7 @@ class JobCoordinator:
         elif kind == "report":
             _, generation, task_id, what, detail = event
             if what == "failure" and generation == self.core.generation:
-                self._need_recover = self._need_recover or f"task {task_id} failed: {detail}"
+                self._need_recover = self._need_recover or f"task {task_id}: {detail}"
         elif kind == "leadership_lost":
             self._relead("leadership lost")
         elif kind == "savepoint":
@@ -316,11 +316,14 @@ class JobCoordinator:
                 self._outstanding.remove(ref)
                 try:
                     result = ray.get(ref)
+                except RayActorError:
+                    self._need_recover = "task source-0 died or is restarting"
+                    return
                 except RayError as e:
                     self._need_recover = f"source step failed: {_short(e)}"
                     return
                 if result.get("failed"):
-                    self._need_recover = f"source failed: {result.get('error')}"
+                    self._need_recover = f"task {self.source_id}: {result.get('error')}"
                     return
                 if result.get("stale"):
                     continue

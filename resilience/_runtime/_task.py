@@ -31,6 +31,7 @@ from typing import Any
 
 import msgpack
 import ray
+from ray.exceptions import RayActorError
 
 from checkpoint import (
     BarrierAligner,
@@ -75,6 +76,10 @@ def split_snapshot(snapshot: TaskSnapshot) -> tuple[TaskSnapshot, ChunkRef | Non
     op_chunks = chunks[:-1] if channel_ref is not None else chunks
     op = TaskSnapshot(snapshot.task_id, snapshot.kind, op_chunks, dict(meta.get("op", {})))
     return op, channel_ref
+
+
+class DownstreamLost(Exception):
+    """A push to a downstream task failed because that task is gone."""
 
 
 def _cpu_seconds() -> float:
@@ -133,13 +138,20 @@ class _Output:
             inflight = self.inflight[j]
             inflight.append(ref)
             while len(inflight) > self.window:
-                ray.get(inflight.popleft())
+                self._wait(j, inflight.popleft())
+
+    def _wait(self, j: int, ref: Any) -> None:
+        try:
+            ray.get(ref)
+        except RayActorError as e:
+            name = self.spec.actor_names[j].rsplit("/", 1)[-1]
+            raise DownstreamLost(f"downstream task {name} died or is restarting") from e
 
     def drain(self) -> None:
         """Wait for every push in flight (raises if a downstream task failed)."""
-        for inflight in self.inflight:
+        for j, inflight in enumerate(self.inflight):
             while inflight:
-                ray.get(inflight.popleft())
+                self._wait(j, inflight.popleft())
 
     def reset(self) -> None:
         for buf in self.buffers:
@@ -417,7 +429,10 @@ class TaskActor:
 
     def _fail(self, error: BaseException) -> None:
         self.failed = True
-        reason = "".join(traceback.format_exception_only(type(error), error)).strip()
+        if isinstance(error, DownstreamLost):
+            reason = str(error)
+        else:
+            reason = "".join(traceback.format_exception_only(type(error), error)).strip()
         log.warning("task %s failed: %s", self.spec.task_id, reason)
         self._report("failure", reason)
 
