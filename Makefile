@@ -34,7 +34,7 @@ unit: $(STAMP)
 	$(BIN)/pytest -m "not slow and not ray and not etcd"
 
 lint: $(STAMP)
-	$(BIN)/ruff check checkpoint resilience chaos tests bench examples
+	$(BIN)/ruff check $(wildcard checkpoint resilience chaos tests bench examples)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

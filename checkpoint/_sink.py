@@ -201,31 +201,37 @@ class SQLiteTwoPhaseSink:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            last, epoch, old_watermark = self._meta()
-            if fencing_epoch < epoch:
-                raise FencedOut(f"sink {self.sink_id} at {self.path}", fencing_epoch, epoch)
-            if checkpoint_id <= last:
-                db.execute(
-                    "UPDATE _resilience_sinks SET fencing_epoch = ? WHERE sink_id = ?",
-                    (fencing_epoch, self.sink_id),
-                )
-                db.execute("COMMIT")
-                return 0
-            params = {"lo": last, "hi": checkpoint_id}
-            moved = db.execute(self._move, params).rowcount
-            for stmt in self._on_commit:
-                db.execute(stmt, params)
-            db.execute(f"DELETE FROM {self.staging} WHERE ckpt <= :hi", params)
-            db.execute(
-                "UPDATE _resilience_sinks SET last_committed = ?, fencing_epoch = ?, "
-                "watermark = ? WHERE sink_id = ?",
-                (checkpoint_id, fencing_epoch, max(watermark, old_watermark), self.sink_id),
-            )
+            moved = self._commit_in_transaction(checkpoint_id, fencing_epoch, watermark)
             db.execute("COMMIT")
-            return int(moved)
+            return moved
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _commit_in_transaction(self, checkpoint_id: int, fencing_epoch: int,
+                               watermark: int) -> int:
+        """Fencing check and commit, inside the caller's transaction; raises FencedOut."""
+        db = self._db
+        last, epoch, old_watermark = self._meta()
+        if fencing_epoch < epoch:
+            raise FencedOut(f"sink {self.sink_id} at {self.path}", fencing_epoch, epoch)
+        if checkpoint_id <= last:
+            db.execute(
+                "UPDATE _resilience_sinks SET fencing_epoch = ? WHERE sink_id = ?",
+                (fencing_epoch, self.sink_id),
+            )
+            return 0
+        params = {"lo": last, "hi": checkpoint_id}
+        moved = db.execute(self._move, params).rowcount
+        for stmt in self._on_commit:
+            db.execute(stmt, params)
+        db.execute(f"DELETE FROM {self.staging} WHERE ckpt <= :hi", params)
+        db.execute(
+            "UPDATE _resilience_sinks SET last_committed = ?, fencing_epoch = ?, "
+            "watermark = ? WHERE sink_id = ?",
+            (checkpoint_id, fencing_epoch, max(watermark, old_watermark), self.sink_id),
+        )
+        return int(moved)
 
     def abort_after(self, checkpoint_id: int) -> int:
         """Discard staged rows tagged after `checkpoint_id`; return how many."""
@@ -247,12 +253,21 @@ class SQLiteTwoPhaseSink:
         When the sink already committed past `checkpoint_id` (a fallback to an
         older checkpoint), replayed rows below the committed watermark are dropped
         from now on.
+
+        Fenced like `commit`, also for `checkpoint_id` 0, and done in one
+        transaction: a deposed coordinator's restore raises `FencedOut` and
+        discards nothing the current leader staged.
         """
-        moved = (
-            self.commit(checkpoint_id, fencing_epoch, watermark) if checkpoint_id > 0 else 0
-        )
-        self.abort_after(checkpoint_id)
-        last, _, committed_watermark = self._meta()
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            moved = self._commit_in_transaction(checkpoint_id, fencing_epoch, watermark)
+            db.execute(f"DELETE FROM {self.staging} WHERE ckpt > ?", (checkpoint_id,))
+            last, _, committed_watermark = self._meta()
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         self._replay_floor = committed_watermark if last > checkpoint_id else 0
         return moved
 

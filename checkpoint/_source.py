@@ -47,7 +47,8 @@ class JsonLinesSource:
 
     Parsing is left to the job: a malformed line is still a record, so the job
     can dead-letter it with its line number. A final line without a newline is
-    read too.
+    read too. A CRLF ending counts as the newline: one CR at the end of a line
+    is removed, any other CR is line content.
     """
 
     def __init__(self, path: Path, *, read_size: int = 1 << 20) -> None:
@@ -88,7 +89,7 @@ class JsonLinesSource:
             if nl < 0:
                 if self._eof:
                     if pos < len(buf):
-                        out.append((line_no, buf[pos:].rstrip(b"\r")))
+                        out.append((line_no, buf[pos:].removesuffix(b"\r")))
                         line_no += 1
                         pos = len(buf)
                     break
@@ -100,7 +101,7 @@ class JsonLinesSource:
                 else:
                     self._eof = True
                 continue
-            out.append((line_no, buf[pos:nl].rstrip(b"\r")))
+            out.append((line_no, buf[pos:nl].removesuffix(b"\r")))
             line_no += 1
             pos = nl + 1
         self._buffer = buf[pos:]
