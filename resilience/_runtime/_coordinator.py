@@ -113,6 +113,7 @@ class JobCoordinator:
         self._final_checkpoint: int | None = None
         self._watermark = 0
         self._restores_done = 0
+        self._ack_delays: dict[int, dict[str, float]] = {}  # per checkpoint, per task
         self._savepoint_requests: list[str] = []
         self._savepoint_for: dict[int, str] = {}
         self._cancel_watch: Any = None
@@ -279,6 +280,10 @@ class JobCoordinator:
         kind = event[0]
         if kind == "ack":
             _, generation, checkpoint_id, task_id, snap = event
+            pending = self.core.pending.get(checkpoint_id)
+            if pending is not None and generation == self.core.generation:
+                self._ack_delays.setdefault(checkpoint_id, {})[task_id] = round(
+                    time.monotonic() - pending.triggered_at, 4)
             completed = self.core.ack(generation, checkpoint_id, task_id, snap)
             if completed is not None:
                 self._complete(completed)
@@ -474,7 +479,10 @@ class JobCoordinator:
             "bytes": manifest.total_bytes(),
             "at": time.time(),
             "generation": done.generation,
+            "ack_s": self._ack_delays.pop(manifest.checkpoint_id, {}),
         }
+        for stale in [c for c in self._ack_delays if c < manifest.checkpoint_id]:
+            del self._ack_delays[stale]
         with self._lock:
             st = self._status
             st["checkpoints_completed"] += 1

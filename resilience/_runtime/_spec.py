@@ -93,7 +93,7 @@ class PipelineSpec:
     namespace: str = "resilience"
     max_parallelism: int = DEFAULT_MAX_PARALLELISM
     alignment_timeout_s: float | None = 2.0
-    window: int = 4
+    window: int = 2
     batch_size: int = 2000
     restart_budget: int = 20
     lease_ttl_s: int = 3

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import queue
 import resource
 import threading
@@ -132,7 +133,10 @@ class _Output:
         for j, buf in enumerate(self.buffers):
             if not buf and not barrier and not eos:
                 continue
-            ref = handles[j].push.remote(generation, self.spec.channel, buf, barrier, eos,
+            # One pickle of the whole batch: Ray's own argument serialization turns every
+            # tuple into a separately pickled msgpack extension, ~3.5x slower here.
+            payload = pickle.dumps(buf, protocol=pickle.HIGHEST_PROTOCOL) if buf else b""
+            ref = handles[j].push.remote(generation, self.spec.channel, payload, barrier, eos,
                                          must_align)
             self.buffers[j] = []
             inflight = self.inflight[j]
@@ -293,12 +297,14 @@ class TaskActor:
     # -- data plane -----------------------------------------------------------------------
 
     def push(  # noqa: PLR0917 - a hot Ray call: positional arguments pickle smallest
-        self, generation: int, channel: int, records: list[Any], barrier: int = 0,
+        self, generation: int, channel: int, payload: bytes, barrier: int = 0,
         eos: bool = False, must_align: bool = False,
     ) -> None:
-        """Records (then maybe a barrier, then maybe end of stream) from input `channel`."""
+        """Records (pickled), then maybe a barrier, then maybe end of stream, from `channel`."""
         if generation != self.generation or self.failed:
             return
+        # Trusted: written by our own upstream task (Ray pickles every argument anyway).
+        records: list[Any] = pickle.loads(payload) if payload else []  # noqa: S301
         try:
             self._before_input()
             aligner = self.aligner
