@@ -256,9 +256,11 @@ class SQLiteTwoPhaseSink:
     def recover(self, checkpoint_id: int, fencing_epoch: int, watermark: int = 0) -> int:
         """Commit what `checkpoint_id` covers, discard later staging, set the replay floor.
 
-        When the sink already committed past `checkpoint_id` (a fallback to an
-        older checkpoint), replayed rows below the committed watermark are dropped
-        from now on.
+        `watermark` is the one recorded with `checkpoint_id`. When the sink has
+        committed output beyond it (a fallback to an older checkpoint, or a restore
+        from a checkpoint taken after such a fallback, before the replay caught up
+        with the old output), replayed rows below the committed watermark are
+        dropped from now on.
 
         Fenced like `commit`, also for `checkpoint_id` 0, and done in one
         transaction: a deposed coordinator's restore raises `FencedOut` and
@@ -269,12 +271,14 @@ class SQLiteTwoPhaseSink:
         try:
             moved = self._commit_in_transaction(checkpoint_id, fencing_epoch, watermark)
             db.execute(f"DELETE FROM {self.staging} WHERE ckpt > ?", (checkpoint_id,))
-            last, _, committed_watermark = self._meta()
+            committed_watermark = self._meta()[2]
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._replay_floor = committed_watermark if last > checkpoint_id else 0
+        # Not `last > checkpoint_id`: a checkpoint committed after a fallback may itself
+        # lie below the committed watermark, and restoring from it replays visible rows.
+        self._replay_floor = committed_watermark if committed_watermark > watermark else 0
         return moved
 
     @property

@@ -21,6 +21,7 @@ Thread safety: one writer per log (enforce it with fencing above this layer);
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import threading
@@ -173,7 +174,7 @@ class WriteAheadLog:
         """Delete segments whose every record precedes `seq`; return how many."""
         segments = _segments(self.directory)
         removed = 0
-        for (first, path), nxt in zip(segments, segments[1:], strict=False):
+        for (first, path), nxt in itertools.pairwise(segments):
             if nxt[0] <= seq and first != self._segment_first:
                 path.unlink(missing_ok=True)
                 removed += 1

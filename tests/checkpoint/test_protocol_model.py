@@ -33,9 +33,11 @@ lets old-generation snapshot writes finish before the tasks reset.
 
 from __future__ import annotations
 
+import sqlite3
 import tempfile
 from collections import deque
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,6 +202,8 @@ class Pipeline:
         self.sink_last_committed: list[int] = []  # observed after every sink commit/recover
         self.moving_commits: list[int] = []  # checkpoint ids whose commit moved rows
         self.restores: list[tuple[int, list[int]]] = []  # (restored from, skipped)
+        # Highest watermark of a checkpoint the sink committed: every ordinal below is visible.
+        self.visible_watermark = 0
         self.coordinator = self._new_coordinator()
         self.coordinator_started = False
         self.needs_restore = True
@@ -403,6 +407,7 @@ class Pipeline:
             entry[1] = "etcd"
         elif stage == "etcd":
             assert coordinator.fencing_epoch == self.leader_epoch  # etcd fences the deposed
+            self.check_consistent(done)
             self.etcd[done.checkpoint_id] = CommitRecord(self.watermark(done),
                                                          coordinator.fencing_epoch)
             self.etcd_log.append(done.checkpoint_id)
@@ -413,6 +418,44 @@ class Pipeline:
             if self.sink.alive:
                 self._sink_commit(done.checkpoint_id, coordinator.fencing_epoch,
                                   self.etcd[done.checkpoint_id].watermark, zombie=False)
+
+    def expected_state(self, position: int) -> dict[str, int]:
+        """The keyed state after the first `position` records, crash-free."""
+        running: dict[str, int] = {}
+        for key, value in self.records[:position]:
+            if value == RESET:
+                running.pop(key, None)
+            else:
+                running[key] = running.get(key, 0) + value
+        return running
+
+    def check_consistent(self, done: CheckpointCompleted) -> None:
+        """A complete checkpoint is a consistent cut (checked before it is committed).
+
+        With W its watermark: the operator snapshots restore to exactly the
+        crash-free state after the first W records, and the sink's visible rows
+        plus the rows staged up to this checkpoint are exactly ordinals 0..W-1,
+        or up to the highest watermark the sink ever committed, if that is higher
+        (after a fallback to an older checkpoint, until the replay catches up).
+        """
+        watermark = self.watermark(done)
+        restored: dict[str, int] = {}
+        for op in self.ops:
+            snap = done.acks[op.task_id]
+            state = op.new_state()
+            state.restore(self.store, [StateHandle(snap.chunks, snap.metadata)])
+            restored.update(state.items())
+        assert restored == self.expected_state(watermark), (
+            f"checkpoint {done.checkpoint_id}: operator state is not the state at {watermark}"
+        )
+        with closing(sqlite3.connect(self.sink_path)) as db:
+            visible = [r[0] for r in db.execute("SELECT ord FROM output")]
+            staged = [r[0] for r in db.execute(
+                "SELECT ord FROM _staging_output WHERE ckpt <= ?", (done.checkpoint_id,))]
+        high = max(watermark, self.visible_watermark)
+        assert sorted(visible + staged) == list(range(high)), (
+            f"checkpoint {done.checkpoint_id}: sink output is not ordinals 0..{high - 1}"
+        )
 
     def _sink_commit(self, cid: int, epoch: int, watermark: int, *, zombie: bool) -> None:
         assert cid in self.etcd, "only a committed checkpoint is announced to the sink"
@@ -426,6 +469,8 @@ class Pipeline:
         if moved:
             assert cid > before
             self.moving_commits.append(cid)
+        if cid > before:
+            self.visible_watermark = max(self.visible_watermark, watermark)
         self._observe_sink()
 
     def advance(self, seconds: float) -> None:
@@ -441,6 +486,19 @@ class Pipeline:
             self._sink_commit(cid, epoch, watermark, zombie=True)
 
     # -- faults -------------------------------------------------------------------------
+
+    def stuck_write_fails(self, task_id: str) -> None:
+        """A snapshot write hangs past the checkpoint timeout, then fails.
+
+        Meanwhile the checkpoint expires, the next one is triggered and its
+        barrier reaches the task, which begins another snapshot before it hears
+        of the failure.
+        """
+        self.advance(self.config.timeout_s)
+        if self.can_trigger():
+            self.trigger()
+        self.flush_channels()
+        self.run_write(task_id, fail=True)
 
     def crash_task(self, task_id: str) -> None:
         """The task's process dies: its mailbox, pending writes and memory vanish."""
@@ -563,6 +621,8 @@ class Pipeline:
             (int(o), str(k), int(t)) for o, k, t in manifest.tasks["sink"].metadata["in_flight"]
         ]
         watermark = self.etcd[candidate].watermark if candidate else 0
+        if candidate > sink.sink.last_committed():
+            self.visible_watermark = max(self.visible_watermark, watermark)
         sink.sink.recover(candidate, coordinator.fencing_epoch, watermark)
         self._observe_sink()
         self.needs_restore = False
@@ -572,6 +632,12 @@ class Pipeline:
         return self.coordinator_started and self.coordinator.core.due()
 
     # -- draining and checking ----------------------------------------------------------
+
+    def flush_channels(self) -> None:
+        """Deliver everything in flight, but run no snapshot write: snapshots pile up."""
+        while self.channels():
+            for target, channel in self.channels():
+                self.deliver(target, channel)
 
     def run_until_idle(self) -> None:
         progressed = True
@@ -631,7 +697,7 @@ class Pipeline:
         ordinals = sorted(r[0] for r in rows)
         assert ordinals == list(range(len(self.records))), "lost or duplicated output"
         running: dict[str, int] = {}
-        expected_totals = {}
+        expected_totals: dict[int, tuple[str, int]] = {}
         for ordinal, (key, value) in enumerate(self.records):
             running[key] = 0 if value == RESET else running.get(key, 0) + value
             expected_totals[ordinal] = (key, running[key])
@@ -658,8 +724,8 @@ class Pipeline:
 
 BASIC = ("emit", "deliver", "write", "inbox", "finish")
 ACTIONS = (
-    *(["step"] * 8), "write", "write", "settle", "tick", "tick", "advance", "crash_task",
-    "crash_coordinator",
+    *(["step"] * 12), *(["write"] * 3), *(["tick"] * 3), "flush", "flush", "settle",
+    "advance", "stuck_write", "crash_task", "crash_coordinator",
     "restore", "corrupt", "zombie",
 )
 
@@ -669,6 +735,7 @@ def _enabled_basic(p: Pipeline) -> list[str]:
         "emit": p.can_emit(),
         "deliver": bool(p.channels()),
         "write": bool(p.writers()),
+        "stuck_write": any(w != "sink" for w in p.writers()),
         "inbox": bool(p.coordinator.inbox),
         "finish": bool(p.coordinator.completions),
     }
@@ -679,6 +746,7 @@ def _enabled(p: Pipeline) -> list[str]:
     enabled = {
         "step": bool(_enabled_basic(p)),
         "write": bool(p.writers()),
+        "stuck_write": any(w != "sink" for w in p.writers()),
         "corrupt": bool(p.etcd),
         "zombie": bool(p.zombies),
     }
@@ -704,6 +772,9 @@ def _act(p: Pipeline, name: str, data: st.DataObject) -> None:
         "inbox": p.process_inbox,
         "finish": p.finish_step,
         "settle": p.run_until_idle,
+        "stuck_write": lambda: p.stuck_write_fails(
+            data.draw(st.sampled_from([w for w in p.writers() if w != "sink"]), label="op")),
+        "flush": p.flush_channels,
         "tick": tick,
         "advance": lambda: p.advance(data.draw(st.sampled_from([0.5, 5.0]), label="s")),
         "crash_task": lambda: p.crash_task(data.draw(st.sampled_from(p.task_ids), label="t")),
@@ -719,12 +790,12 @@ def _act(p: Pipeline, name: str, data: st.DataObject) -> None:
     actions[name]()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     records=st.lists(st.tuples(st.sampled_from(KEYS), st.integers(RESET, 9)), min_size=1,
                      max_size=20),
     parallelism=st.sampled_from([1, 2]),
-    max_concurrent=st.sampled_from([1, 2]),
+    max_concurrent=st.sampled_from([1, 2, 3]),
     data=st.data(),
 )
 def test_interleavings_of_barriers_acks_crashes_and_restores_are_exactly_once(
@@ -733,7 +804,7 @@ def test_interleavings_of_barriers_acks_crashes_and_restores_are_exactly_once(
     with tempfile.TemporaryDirectory(prefix="protocol-model-") as root:
         p = Pipeline(Path(root), records, parallelism, max_concurrent)
         try:
-            for _ in range(data.draw(st.integers(0, 60), label="steps")):
+            for _ in range(data.draw(st.integers(0, 80), label="steps")):
                 _act(p, data.draw(st.sampled_from(_enabled(p)), label="action"), data)
             p.drain()
             p.check()

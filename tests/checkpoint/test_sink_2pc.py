@@ -325,6 +325,29 @@ def test_fallback_to_an_older_checkpoint_drops_replayed_rows_below_the_watermark
     assert sink.committed_watermark() == 30
 
 
+def test_restore_from_a_checkpoint_taken_during_a_fallback_replay_keeps_the_floor(
+    sink: SQLiteTwoPhaseSink,
+) -> None:
+    """Found by the protocol model: fallback, a checkpoint before the replay caught up, restore.
+
+    Checkpoint 2 is the newest committed one, but its watermark (2) is below the
+    output already visible (up to 3): restoring from it must still drop the rows
+    of ordinals 2 the replay produces again.
+    """
+    ledger = Ledger()
+    rows = ledger.rows(6)
+    sink.precommit(1, rows[:3])
+    sink.commit(1, fencing_epoch=1, watermark=3)
+    sink.recover(0, fencing_epoch=2)  # checkpoint 1 is corrupt: replay from the start
+    sink.precommit(2, rows[:2])  # dropped: visible already
+    sink.commit(2, fencing_epoch=2, watermark=2)
+    sink.recover(2, fencing_epoch=3, watermark=2)  # a crash; restore from checkpoint 2
+    assert sink.replay_floor == 3
+    sink.precommit(3, rows[2:6])
+    sink.commit(3, fencing_epoch=3, watermark=6)
+    assert [r[0] for r in sink.rows()] == list(range(6))
+
+
 def test_watermark_never_goes_back(sink: SQLiteTwoPhaseSink) -> None:
     sink.precommit(1, Ledger().rows(1))
     sink.commit(1, fencing_epoch=1, watermark=50)
