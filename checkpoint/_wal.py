@@ -134,25 +134,28 @@ class WriteAheadLog:
         next flush retries them).
         """
         with self._flush_lock:
+            return self._flush_locked()
+
+    def _flush_locked(self) -> int:
+        with self._lock:
+            frames, self._buffer = self._buffer, []
+            upto = self._next_seq - 1
+        if not frames:
+            return self._durable_seq
+        try:
+            self._file.write(b"".join(frames))
+            self._file.flush()
+            if self._fsync:
+                os.fsync(self._file.fileno())
+        except OSError as e:
             with self._lock:
-                frames, self._buffer = self._buffer, []
-                upto = self._next_seq - 1
-            if not frames:
-                return self._durable_seq
-            try:
-                self._file.write(b"".join(frames))
-                self._file.flush()
-                if self._fsync:
-                    os.fsync(self._file.fileno())
-            except OSError as e:
-                with self._lock:
-                    self._buffer[:0] = frames
-                raise StoreWriteError(f"write-ahead log {self.directory}: {e.strerror}") from e
-            self._durable_seq = upto
-            self.flushes += 1
-            if self._file.tell() >= self.segment_bytes:
-                self._roll(upto + 1)
-            return upto
+                self._buffer[:0] = frames
+            raise StoreWriteError(f"write-ahead log {self.directory}: {e.strerror}") from e
+        self._durable_seq = upto
+        self.flushes += 1
+        if self._file.tell() >= self.segment_bytes:
+            self._roll(upto + 1)
+        return upto
 
     def _roll(self, first_seq: int) -> None:
         self._file.close()
@@ -165,10 +168,13 @@ class WriteAheadLog:
             os.close(dir_fd)
 
     def roll(self) -> None:
-        """Start a new segment now (after a snapshot, so old segments can be deleted)."""
-        self.flush()
+        """Start a new segment now (after a snapshot, so old segments can be deleted).
+
+        Records appended meanwhile by another thread go to the new segment: its
+        name is the sequence number after the last record written to the old one.
+        """
         with self._flush_lock:
-            self._roll(self._next_seq)
+            self._roll(self._flush_locked() + 1)
 
     def truncate_before(self, seq: int) -> int:
         """Delete segments whose every record precedes `seq`; return how many."""

@@ -139,3 +139,39 @@ def test_any_history_reads_back_in_order(tmp_path_factory: pytest.TempPathFactor
         last.write_bytes(data[: max(0, len(data) - cut)])
         got = [p for _, p in read_log(d)]
         assert got == expected[: len(got)]
+
+
+def test_roll_while_another_thread_appends_keeps_sequence_numbers(tmp_path: Path) -> None:
+    # A roll used to name the new segment after records appended but not yet written,
+    # shifting the sequence number of every later record.
+    import threading
+
+    wal = WriteAheadLog(tmp_path, fsync=False)
+    given_seq: dict[int, bytes] = {}
+    lock = threading.Lock()
+
+    def appender(tag: int) -> None:
+        for i in range(5_000):
+            payload = f"{tag}:{i}".encode()
+            seq = wal.append(payload)
+            with lock:
+                given_seq[seq] = payload
+
+    import sys
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often enough to hit the window
+    try:
+        threads = [threading.Thread(target=appender, args=(t,)) for t in range(2)]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            wal.roll()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    wal.close()
+    records = list(read_log(tmp_path))
+    assert len(records) == len(given_seq) == 10_000
+    assert all(given_seq[seq] == payload for seq, payload in records)
