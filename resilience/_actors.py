@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import inspect
 import itertools
@@ -59,6 +60,7 @@ from checkpoint import (
     plan_retention,
 )
 from checkpoint._wal import LogFollower, WriteAheadLog
+from resilience import _faultpoints as faultpoints
 from resilience._errors import FailoverExhausted
 from resilience.policies import (
     AnyDetector,
@@ -572,6 +574,9 @@ class _Host:
         outcome = self._apply(seq, call_id, method, args, kwargs)
         self.calls_since_snapshot += 1
         await self._durable(seq)
+        # The window a retry with the same call id exists for: applied and durable,
+        # the caller not yet told.
+        faultpoints.hit(self.dir, "actor.before_reply")
         self.completed += 1
         self.last_progress = time.monotonic()
         self._maybe_snapshot()
@@ -848,7 +853,14 @@ class ResilientHandle:
             self._primary = int(st.get("primary", decision.index)) \
                 if st.get("role") != "primary" else decision.index
             self._epoch = int(st["epoch"])
-        elif isinstance(decision, GiveUp | Escalate):
+        elif isinstance(decision, Escalate):
+            from resilience._job import current_job
+
+            the_job = current_job()
+            handled = the_job is not None and the_job.escalate(self._name, decision.reason)
+            note = "the job's escalation hook ran" if handled else "no job to escalate to"
+            raise FailoverExhausted(self._name, -1, f"{decision.reason} ({note})")
+        elif isinstance(decision, GiveUp):
             raise FailoverExhausted(self._name, -1, decision.reason)
         # Restart: Ray restarts the process; the re-sent call waits for it.
         self._failovers.append({"decision": type(decision).__name__,
@@ -910,13 +922,22 @@ class ResilientActorClass:
         opts["max_restarts"] = -1  # the policy, not Ray, counts restarts (FailoverExhausted)
         opts.setdefault("max_task_retries", -1)
         opts.setdefault("max_concurrency", 1000)
-        remote_host: Any = ray.remote(self.host)
+        host = self.host
+        policy = self.policy
+        if policy.store is None:
+            # Resolve where state lives now, in the creating process (a job's store, or
+            # $RESILIENCE_STORE, or ./.resilience/actors), not in whatever cwd a worker has.
+            policy = dataclasses.replace(policy, store=_default_store())
+            host = _make_host(self.user_cls, policy, metaclass=type(self.host))
+            if isinstance(host, _ResilientMeta):
+                host._resilient_factory = self
+        remote_host: Any = ray.remote(host)
         replicas = [
             remote_host.options(name=f"{name}#{i}", namespace=namespace, **opts).remote(
                 *args, **kwargs)
-            for i in range(self.policy.replicas)
+            for i in range(policy.replicas)
         ]
-        handle = ResilientHandle(name, namespace, self.policy, _public_methods(self.user_cls),
+        handle = ResilientHandle(name, namespace, policy, _public_methods(self.user_cls),
                                  replicas)
         # Creation errors (an unserializable attribute at the first checkpoint) surface here.
         ray.get([r.__resilient_ping__.remote() for r in replicas])
@@ -940,6 +961,15 @@ class _ResilientMeta(type):
 
     def options(cls, **ray_options: Any) -> ResilientActorClass:
         return cls._resilient_factory.options(**ray_options)
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        # Ray builds actors with __new__ + __init__, never through this.
+        raise TypeError(f"{cls.__name__} is a resilient actor class: use "
+                        f"{cls.__name__}.remote(...)")
+
+    @property
+    def ray_options(cls) -> dict[str, Any]:
+        return cls._resilient_factory.ray_options
 
 
 class _QuietOverwriteWarning(logging.Filter):
@@ -1059,7 +1089,15 @@ def _state(handle: ResilientHandle) -> Any:
     return handle._state()
 
 
+def _job(*args: Any, **kwargs: Any) -> Any:
+    from resilience._job import job
+
+    return job(*args, **kwargs)
+
+
+_job.__doc__ = "Decorate a driver function as a job: see `resilience._job.job`."
 resilient.read_only = _read_only  # type: ignore[attr-defined]
+resilient.job = _job  # type: ignore[attr-defined]
 resilient.get = _get  # type: ignore[attr-defined]
 resilient.ping = _ping  # type: ignore[attr-defined]
 resilient.state = _state  # type: ignore[attr-defined]
