@@ -197,5 +197,5 @@ def test_bad_options_fail_at_decoration(tmp_path: Path) -> None:
         resilient(checkpoint=5)(Tally)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs log=True"):
         resilient(failover=standby(1), log=False)(Tally)
-    with pytest.raises(TypeError, match="use Tally.remote"):
+    with pytest.raises(TypeError, match=r"use Tally\.remote"):
         resilient(store=tmp_path)(Tally)()
