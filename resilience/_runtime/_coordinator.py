@@ -135,6 +135,7 @@ class JobCoordinator:
             "last_error": None,
             "finished": False,
             "failed": False,
+            "eof_at": None,
         }
         self._thread = threading.Thread(target=self._main, name="coordinator", daemon=True)
         self._thread.start()
@@ -333,6 +334,8 @@ class JobCoordinator:
                 if result.get("stale"):
                     continue
                 if result.get("end"):
+                    if not self._eof:
+                        self._set(eof_at=time.time())
                     self._eof = True
                 if "watermark" in result:
                     self._watermark = max(self._watermark, int(result["watermark"]))
