@@ -317,6 +317,7 @@ class _Host:
         self._apply_lock = threading.Lock()  # standby follower thread vs. promotion
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"wal-{self.name}")
         self._flushing: Any = None
+        self._inflight = 0  # calls between apply and reply
         self._snapshotting = False
         self._stop = threading.Event()
         self.completed = 0
@@ -542,45 +543,36 @@ class _Host:
 
     # -- calls -----------------------------------------------------------------------------
 
-    async def _durable(self, seq: int) -> None:
-        wal = self.wal
-        if wal is None:
-            return
-        loop = asyncio.get_running_loop()
-        while wal.durable_seq < seq:
-            if self._flushing is None or self._flushing.done():
-                # Everything appended until now rides on this one fsync (group commit).
-                self._flushing = loop.run_in_executor(self._io, wal.flush)
-            await asyncio.shield(self._flushing)
+    def _begin_call(self, blob: bytes) -> tuple[int, tuple[str, Any]]:
+        """Dedupe, log and apply one call: (sequence number to wait for, outcome).
 
-    async def __resilient_call__(self, call_id: str, method: str, args: Any, kwargs: Any
-                                 ) -> Any:
-        if self.exhausted is not None:
-            raise FailoverExhausted(self.name, -1, self.exhausted)
-        if self.role != "primary":
-            return await self._forward(call_id, method, args, kwargs)
+        `blob` is the pickled (call id, method, args, kwargs) the caller sent; it is
+        also the log record as is. Synchronous: no other call interleaves.
+        """
+        call_id, method, args, kwargs = pickle.loads(blob)  # noqa: S301 - from our handle
         hit = self.results.get(call_id)
         if hit is not None:
-            await self._durable(hit[0])
-            return _unwrap(hit[1])
+            return hit
         if method in self.read_only:
-            await self._durable(self.applied_seq)
-            return getattr(self.instance, method)(*args, **kwargs)
-        if self.wal is not None:
-            seq = self.wal.append(pickle.dumps((call_id, method, args, kwargs),
-                                               protocol=pickle.HIGHEST_PROTOCOL))
-        else:
-            seq = self.applied_seq + 1
+            # No log record, but wait until every call it could have seen is durable.
+            try:
+                outcome: tuple[str, Any] = ("ok", getattr(self.instance, method)(
+                    *args, **kwargs))
+            except Exception as e:  # noqa: BLE001
+                outcome = ("err", e)
+            return self.applied_seq, outcome
+        seq = self.wal.append(blob) if self.wal is not None else self.applied_seq + 1
         outcome = self._apply(seq, call_id, method, args, kwargs)
         self.calls_since_snapshot += 1
-        await self._durable(seq)
+        return seq, outcome
+
+    def _end_call(self) -> None:
         # The window a retry with the same call id exists for: applied and durable,
         # the caller not yet told.
         faultpoints.hit(self.dir, "actor.before_reply")
         self.completed += 1
         self.last_progress = time.monotonic()
         self._maybe_snapshot()
-        return _unwrap(outcome)
 
     def _maybe_snapshot(self) -> None:
         if self._snapshotting:
@@ -603,14 +595,6 @@ class _Host:
                 self._snapshotting = False
 
         self._io.submit(write)
-
-    async def _forward(self, call_id: str, method: str, args: Any, kwargs: Any) -> Any:
-        """A standby got a call (a Ray retry after its old primary died): send it on."""
-        import ray
-
-        record = self.owner.read() or {"primary": 0}
-        primary = ray.get_actor(f"{self.name}#{record['primary']}", namespace=self.namespace)
-        return await primary.__resilient_call__.remote(call_id, method, args, kwargs)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -659,13 +643,85 @@ def _unwrap(outcome: tuple[str, Any]) -> Any:
     return value
 
 
-def _proxy(method: str) -> Callable[..., Any]:
-    async def call(self: _Host, *args: Any, **kwargs: Any) -> Any:
-        import ray
+class _AsyncHost(_Host):
+    """With the call log: an async actor, so that calls waiting for one fsync batch up.
 
-        # Through a plain Ray handle: Ray keeps a task's id across its retries.
-        task_id = ray.get_runtime_context().get_task_id() or uuid.uuid4().hex
-        return await self.__resilient_call__(f"task:{task_id}", method, args, kwargs)
+    Ray starts the calls of one caller in submission order, and a call is logged and
+    applied before its first await, so per-caller order is kept as with plain Ray.
+    """
+
+    async def _durable(self, seq: int) -> None:
+        wal = self.wal
+        if wal is None or wal.durable_seq >= seq:
+            return
+        # Let calls that already arrived log themselves first: they join this fsync.
+        await asyncio.sleep(0)
+        if self._inflight == 1 and (self._flushing is None or self._flushing.done()):
+            # Still alone: a thread hop would cost more than the fsync itself.
+            wal.flush()
+            return
+        loop = asyncio.get_running_loop()
+        while wal.durable_seq < seq:
+            if self._flushing is None or self._flushing.done():
+                # Everything appended until now rides on this one fsync (group commit).
+                self._flushing = loop.run_in_executor(self._io, wal.flush)
+            await asyncio.shield(self._flushing)
+
+    async def __resilient_call__(self, blob: bytes) -> Any:
+        if self.exhausted is not None:
+            raise FailoverExhausted(self.name, -1, self.exhausted)
+        if self.role != "primary":
+            return await self._forward(blob)
+        seq, outcome = self._begin_call(blob)
+        self._inflight += 1
+        try:
+            await self._durable(seq)
+        finally:
+            self._inflight -= 1
+        self._end_call()
+        return _unwrap(outcome)
+
+    async def _forward(self, blob: bytes) -> Any:
+        """A standby got a call (a Ray retry after its old primary died): send it on."""
+        import ray  # noqa: PLC0415
+
+        record = self.owner.read() or {"primary": 0}
+        primary = ray.get_actor(f"{self.name}#{record['primary']}", namespace=self.namespace)
+        return await primary.__resilient_call__.remote(blob)
+
+
+class _SyncHost(_Host):
+    """Without the call log (`log=False`): a plain sync actor, nothing to wait for."""
+
+    def __resilient_call__(self, blob: bytes) -> Any:
+        if self.exhausted is not None:
+            raise FailoverExhausted(self.name, -1, self.exhausted)
+        _, outcome = self._begin_call(blob)
+        self._end_call()
+        return _unwrap(outcome)
+
+
+def _task_call_id() -> str:
+    import ray  # noqa: PLC0415
+
+    # Through a plain Ray handle: Ray keeps a task's id across its retries.
+    return f"task:{ray.get_runtime_context().get_task_id() or uuid.uuid4().hex}"
+
+
+def _proxy(method: str, is_async: bool) -> Callable[..., Any]:
+    if is_async:
+        async def acall(self: _AsyncHost, *args: Any, **kwargs: Any) -> Any:
+            blob = pickle.dumps((_task_call_id(), method, args, kwargs),
+                                protocol=pickle.HIGHEST_PROTOCOL)
+            return await self.__resilient_call__(blob)
+
+        acall.__name__ = method
+        return acall
+
+    def call(self: _SyncHost, *args: Any, **kwargs: Any) -> Any:
+        blob = pickle.dumps((_task_call_id(), method, args, kwargs),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+        return self.__resilient_call__(blob)
 
     call.__name__ = method
     return call
@@ -679,8 +735,9 @@ def _make_host(user_cls: type, policy: ActorPolicy, metaclass: type = type) -> t
         "__doc__": user_cls.__doc__,
     }
     for name in _public_methods(user_cls):
-        namespace[name] = _proxy(name)
-    host: type = metaclass(user_cls.__name__, (_Host,), namespace)
+        namespace[name] = _proxy(name, policy.log)
+    base = _AsyncHost if policy.log else _SyncHost
+    host: type = metaclass(user_cls.__name__, (base,), namespace)
     host.__qualname__ = user_cls.__qualname__
     return host
 
@@ -729,6 +786,7 @@ class ResilientHandle:
         self._pending: OrderedDict[Any, tuple[str, str, Any, Any, int]] = OrderedDict()
         self._failover_lock = threading.Lock()
         self._refreshed_at = 0.0
+        self._submitters: dict[int, Any] = {}
         self._failovers: list[dict[str, Any]] = []
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
@@ -763,8 +821,13 @@ class ResilientHandle:
             if record is not None:
                 self._primary, self._epoch = int(record["primary"]), int(record["epoch"])
         target = self._primary
-        ref = self._replica(target).__resilient_call__.options(max_task_retries=retries).remote(
-            call_id, method, args, kwargs)
+        submit = self._submitters.get(target)
+        if submit is None:
+            submit = self._replica(target).__resilient_call__.options(max_task_retries=retries)
+            self._submitters[target] = submit
+        # One pickle, which is also the log record: Ray ships bytes cheaply.
+        ref = submit.remote(pickle.dumps((call_id, method, args, kwargs),
+                                         protocol=pickle.HIGHEST_PROTOCOL))
         with self._lock:
             self._pending[ref] = (call_id, method, args, kwargs, target)
             while len(self._pending) > 100_000:
@@ -921,7 +984,10 @@ class ResilientActorClass:
         opts.setdefault("num_cpus", 0)
         opts["max_restarts"] = -1  # the policy, not Ray, counts restarts (FailoverExhausted)
         opts.setdefault("max_task_retries", -1)
-        opts.setdefault("max_concurrency", 1000)
+        if self.policy.log:
+            # Async host: calls waiting for one fsync must be able to overlap. (A sync
+            # host keeps Ray's default of one call at a time, in submission order.)
+            opts.setdefault("max_concurrency", 1000)
         host = self.host
         policy = self.policy
         if policy.store is None:

@@ -32,6 +32,22 @@ def _path(workdir: Path, name: str) -> Path:
     return workdir / ".resilience" / "faults" / name
 
 
+# Hot paths (every actor call) check at most every _RECHECK_S whether any fault is
+# armed under a workdir: a dict lookup instead of a failed open per call.
+_RECHECK_S = 0.02
+_armed_cache: dict[Path, tuple[float, bool]] = {}
+
+
+def _maybe_armed(workdir: Path) -> bool:
+    now = time.monotonic()
+    cached = _armed_cache.get(workdir)
+    if cached is not None and now - cached[0] < _RECHECK_S:
+        return cached[1]
+    armed = (workdir / ".resilience" / "faults").is_dir()
+    _armed_cache[workdir] = (now, armed)
+    return armed
+
+
 def arm(workdir: Path, name: str, action: str = "kill") -> None:
     """Arm fault point `name` under `workdir` with `action` (``kill`` or ``pause S``)."""
     if action not in _ACTIONS and not action.startswith(("pause ", "slow ")):
@@ -51,6 +67,8 @@ def disarm(workdir: Path, name: str) -> None:
 
 def hit(workdir: Path, name: str) -> None:
     """Called by the runtime at fault point `name`: act if armed, else return at once."""
+    if not _maybe_armed(workdir):
+        return
     p = _path(workdir, name)
     try:
         action = p.read_text().strip()
