@@ -683,7 +683,7 @@ class _AsyncHost(_Host):
 
     async def _forward(self, blob: bytes) -> Any:
         """A standby got a call (a Ray retry after its old primary died): send it on."""
-        import ray  # noqa: PLC0415
+        import ray
 
         record = self.owner.read() or {"primary": 0}
         primary = ray.get_actor(f"{self.name}#{record['primary']}", namespace=self.namespace)
@@ -702,7 +702,7 @@ class _SyncHost(_Host):
 
 
 def _task_call_id() -> str:
-    import ray  # noqa: PLC0415
+    import ray
 
     # Through a plain Ray handle: Ray keeps a task's id across its retries.
     return f"task:{ray.get_runtime_context().get_task_id() or uuid.uuid4().hex}"
