@@ -75,6 +75,7 @@ from resilience.policies import (
     Promote,
     StandbyStatus,
     decide,
+    escalate,
     every,
     missed_heartbeats,
     restart,
@@ -852,6 +853,9 @@ class ResilientHandle:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
             try:
                 results[i] = ray.get(todo[i], timeout=remaining)
+            except FailoverExhausted as e:
+                self._escalate_if_asked(str(e))
+                raise
             except RayActorError:
                 with self._lock:
                     call = self._pending.get(todo[i])
@@ -917,11 +921,7 @@ class ResilientHandle:
                 if st.get("role") != "primary" else decision.index
             self._epoch = int(st["epoch"])
         elif isinstance(decision, Escalate):
-            from resilience._job import current_job
-
-            the_job = current_job()
-            handled = the_job is not None and the_job.escalate(self._name, decision.reason)
-            note = "the job's escalation hook ran" if handled else "no job to escalate to"
+            note = self._escalate_if_asked(decision.reason)
             raise FailoverExhausted(self._name, -1, f"{decision.reason} ({note})")
         elif isinstance(decision, GiveUp):
             raise FailoverExhausted(self._name, -1, decision.reason)
@@ -929,6 +929,18 @@ class ResilientHandle:
         self._failovers.append({"decision": type(decision).__name__,
                                "reason": getattr(decision, "reason", ""),
                                "seconds": time.monotonic() - t0})
+
+    def _escalate_if_asked(self, reason: str) -> str:
+        """Hand the failure to the running job when the policy says `escalate()`."""
+        if self._policy.failover.get(escalate) is None:
+            return "the policy does not escalate"
+        from resilience._job import current_job
+
+        the_job = current_job()
+        if the_job is None:
+            return "no job to escalate to"
+        return ("the job's escalation hook ran" if the_job.escalate(self._name, reason)
+                else "the job has no escalation hook")
 
     def _seen_seq(self, status: dict[str, Any]) -> int:
         """How far a standby is behind the log (0 when it caught up)."""

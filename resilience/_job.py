@@ -41,7 +41,7 @@ from resilience._etcd import EtcdClient
 from resilience._ray import ray_session
 from resilience.coordination import LeaderElection, Leadership
 
-__all__ = ["Job", "current_job", "job"]
+__all__ = ["Job", "current_job", "job", "job_context"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -123,8 +123,9 @@ class Job:
 
 
 @contextlib.contextmanager
-def _job_context(name: str, workdir: Path, etcd: str | None, ray_address: str | None,
-                 ttl_s: float) -> Iterator[Job]:
+def job_context(name: str, workdir: Path, *, etcd: str | None = None,
+                ray_address: str | None = None, ttl_s: float = 5.0) -> Iterator[Job]:
+    """The job's runtime as a context manager (what `@resilient.job` wraps a function in)."""
     workdir.mkdir(parents=True, exist_ok=True)
     with etcd_endpoint(etcd, workdir) as endpoint, ray_session(ray_address), \
             EtcdClient(endpoint) as client:
@@ -183,7 +184,8 @@ def job(
     def decorate(fn: Callable[[Job], T]) -> Callable[[], T]:
         @functools.wraps(fn)
         def run() -> T:
-            with _job_context(name, base, etcd, ray_address, lease_ttl_s) as the_job:
+            with job_context(name, base, etcd=etcd, ray_address=ray_address,
+                             ttl_s=lease_ttl_s) as the_job:
                 return fn(the_job)
 
         run.__resilient_job__ = name  # type: ignore[attr-defined]

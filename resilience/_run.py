@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resilience._embedded_etcd import etcd_endpoint
 from resilience._errors import UserError
 from resilience._progress import Progress
-from resilience._ray import ray_session
 from resilience.jobs.payments.job import PaymentsOptions, payments_pipeline
 
-__all__ = ["RunResult", "check_paths", "run_payments", "runtime_for"]
+__all__ = ["RunResult", "check_paths", "run_payments"]
 
 
 @dataclass
@@ -58,15 +55,6 @@ def _count_lines(path: Path) -> int:
     return n
 
 
-@contextlib.contextmanager
-def runtime_for(
-    workdir: Path, *, etcd: str | None = None, ray_address: str | None = None
-) -> Iterator[str]:
-    """etcd (given, from the environment, or embedded under `workdir`) and Ray, for a run."""
-    with etcd_endpoint(etcd, workdir) as endpoint, ray_session(ray_address):
-        yield endpoint
-
-
 def run_payments(
     opts: PaymentsOptions,
     *,
@@ -82,16 +70,17 @@ def run_payments(
     worker from there). Raises `UserError` for bad paths and `JobFailed` when
     the job cannot finish.
     """
-    from resilience._runtime._driver import PipelineRunner
+    from resilience._job import job_context
 
     check_paths(opts.input_path, opts.workdir)
     total = _count_lines(opts.input_path)
     spec = payments_pipeline(opts)
     progress = Progress(total) if show_progress else None
-    with runtime_for(opts.workdir, etcd=etcd, ray_address=ray_address) as endpoint:
-        runner = PipelineRunner(spec, endpoint)
+    # The same path as a user's `@resilient.job` driver: identity and a fenced
+    # leadership in etcd for the driver, then the checkpointed pipeline under it.
+    with job_context(opts.job_id, opts.workdir, etcd=etcd, ray_address=ray_address) as job:
         t0 = time.monotonic()
-        runner.start()
+        runner = job.pipeline(spec)
         helper: threading.Thread | None = None
         try:
             if during is not None:
