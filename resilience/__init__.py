@@ -20,14 +20,31 @@ from checkpoint import (  # noqa: E402
     ResilienceError,
     StoreWriteError,
 )
+from resilience._actors import (  # noqa: E402
+    ActorPolicy,
+    ResilientActorClass,
+    ResilientHandle,
+    StateNotSerializable,
+    resilient,
+)
 from resilience._embedded_etcd import EmbeddedEtcd, EmbeddedEtcdCluster, etcd_endpoint  # noqa: E402
 from resilience._errors import FailoverExhausted, JobFailed, UserError  # noqa: E402
 from resilience._etcd import EtcdClient, EtcdError, EtcdUnavailable  # noqa: E402
+from resilience._job import Job, current_job  # noqa: E402
 from resilience._ray import RaySession, ray_session  # noqa: E402
 from resilience._runtime._spec import PipelineSpec, StageSpec  # noqa: E402
 from resilience.coordination import LeaderElection, Leadership  # noqa: E402
+from resilience.policies import (  # noqa: E402
+    escalate,
+    every,
+    missed_heartbeats,
+    no_progress,
+    restart,
+    standby,
+)
 
 __all__ = [
+    "ActorPolicy",
     "CheckpointCorrupt",
     "CheckpointError",
     "CheckpointNotFound",
@@ -39,6 +56,7 @@ __all__ = [
     "FailoverExhausted",
     "FencedOut",
     "IncompatibleState",
+    "Job",
     "JobFailed",
     "LeaderElection",
     "Leadership",
@@ -46,11 +64,22 @@ __all__ = [
     "PipelineSpec",
     "RaySession",
     "ResilienceError",
+    "ResilientActorClass",
+    "ResilientHandle",
     "StageSpec",
+    "StateNotSerializable",
     "StoreWriteError",
     "UserError",
+    "current_job",
+    "escalate",
     "etcd_endpoint",
+    "every",
+    "missed_heartbeats",
+    "no_progress",
     "ray_session",
+    "resilient",
+    "restart",
+    "standby",
 ]
 
 

@@ -30,6 +30,9 @@ RESILIENCE = {
     "FencedOut", "IncompatibleState", "JobFailed", "LeaderElection", "Leadership",
     "PipelineRunner", "PipelineSpec", "RaySession", "ResilienceError", "StageSpec",
     "StoreWriteError", "UserError", "etcd_endpoint", "ray_session",
+    "ActorPolicy", "ResilientActorClass", "ResilientHandle", "StateNotSerializable", "resilient",
+    "Job", "current_job", "escalate", "every", "missed_heartbeats", "no_progress", "restart",
+    "standby",
 }
 
 
@@ -51,7 +54,8 @@ def test_every_resilience_export_resolves(name: str) -> None:
 
 def test_one_root_error() -> None:
     for name in ("CheckpointCorrupt", "FencedOut", "FailoverExhausted", "EtcdUnavailable",
-                 "JobFailed", "UserError", "IncompatibleState", "StoreWriteError"):
+                 "JobFailed", "UserError", "IncompatibleState", "StoreWriteError",
+                 "StateNotSerializable"):
         assert issubclass(getattr(resilience, name), resilience.ResilienceError), name
 
 
@@ -64,6 +68,7 @@ def test_errors_survive_pickling() -> None:
         resilience.FailoverExhausted("payments", 20, "task model-0 failed"),
         resilience.IncompatibleState("savepoint s", 2, 1),
         resilience.EtcdUnavailable("127.0.0.1:1", "connection refused"),
+        resilience.StateNotSerializable("Counter", "lock", "cannot pickle '_thread.lock'"),
     ]
     for e in errors:
         back = pickle.loads(pickle.dumps(e))
