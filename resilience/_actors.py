@@ -72,6 +72,7 @@ from resilience.policies import (
     FailoverChain,
     FailoverState,
     GiveUp,
+    Health,
     Promote,
     StandbyStatus,
     decide,
@@ -349,6 +350,8 @@ class _Host:
                     self._write_snapshot(self._capture())
                 break
             time.sleep(0.01)  # a promotion is under way: look at the owner again
+        threading.Thread(target=self._heartbeat, name=f"heartbeat-{self.name}",
+                         daemon=True).start()
 
     # -- restore ---------------------------------------------------------------------------
 
@@ -511,6 +514,22 @@ class _Host:
         self.epoch = epoch
         self.role = "primary"
         return True
+
+    def _heartbeat(self) -> None:
+        """Write `<dir>/heartbeat-<index>`: wall time, calls completed, role.
+
+        From a thread of its own, so a busy or blocked event loop still beats: a
+        missing heartbeat means the process is gone or stopped, and stuck calls are
+        what `no_progress` is for. The supervisor reads the file (same node as the
+        store, as the writer lock already requires).
+        """
+        interval = _heartbeat_interval(self.policy.detect)
+        path = self.dir / f"heartbeat-{self.index}"
+        tmp = self.dir / f".heartbeat-{self.index}.tmp"
+        while not self._stop.wait(interval):
+            with contextlib.suppress(OSError):
+                tmp.write_text(f"{time.time()} {self.completed} {self.role} {os.getpid()}")
+                tmp.replace(path)
 
     def _become_standby(self, epoch: int) -> None:
         self.epoch = epoch
@@ -788,6 +807,7 @@ class ResilientHandle:
         self._failover_lock = threading.Lock()
         self._refreshed_at = 0.0
         self._submitters: dict[int, Any] = {}
+        self._supervisor: _Supervisor | None = None
         self._failovers: list[dict[str, Any]] = []
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
@@ -971,6 +991,70 @@ class ResilientHandle:
         return ray.get(self._primary_actor().__resilient_state__.remote(), timeout=timeout_s)
 
 
+def _heartbeat_interval(detect: Detector) -> float:
+    detectors = detect.detectors if isinstance(detect, AnyDetector) else (detect,)
+    intervals = [d.interval_s for d in detectors if isinstance(d, missed_heartbeats)]
+    return min(intervals, default=0.5)
+
+
+class _Supervisor:
+    """Applies the `detect=` policy to the primary; kills it when the policy says failed.
+
+    Runs in the process that created the actor. Ray notices crashed processes, not
+    stopped or stuck ones: a stopped primary (missed heartbeats) or one whose calls
+    make no progress is killed here, and the failover policy takes it from there.
+    """
+
+    def __init__(self, handle: ResilientHandle) -> None:
+        self.handle = handle
+        self.events: list[dict[str, Any]] = []
+        self.interval = _heartbeat_interval(handle._policy.detect)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"supervise-{handle._name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _read(self, index: int) -> tuple[float, int] | None:
+        path = Path(self.handle._policy.store or _default_store()) / self.handle._name / \
+            f"heartbeat-{index}"
+        try:
+            at, completed, *_ = path.read_text().split()
+            return float(at), int(completed)
+        except (OSError, ValueError):
+            return None
+
+    def _run(self) -> None:
+        import ray
+
+        last_completed: dict[int, tuple[int, float]] = {}
+        while not self._stop.wait(self.interval):
+            index = self.handle._primary
+            beat = self._read(index)
+            if beat is None:
+                continue  # not started yet
+            now = time.time()
+            at, completed = beat
+            seen = last_completed.get(index)
+            if seen is None or seen[0] != completed:
+                last_completed[index] = (completed, now)
+            since_progress = now - last_completed[index][1]
+            with self.handle._lock:
+                pending = sum(1 for c in self.handle._pending.values() if c[4] == index)
+            health = Health(alive=True, missed_heartbeats=int((now - at) / self.interval),
+                            since_progress_s=since_progress, pending_calls=pending)
+            if self.handle._policy.detect.failed(health):
+                self.events.append({"at": now, "replica": index, "health": health})
+                log.warning("%s#%d looks failed (%s): killing it so the failover policy "
+                            "applies", self.handle._name, index, health)
+                with contextlib.suppress(Exception):
+                    ray.kill(self.handle._replica(index), no_restart=False)
+                last_completed.pop(index, None)
+                self._stop.wait(max(2.0, self.interval * 4))  # let it come back
+
+
 class ResilientActorClass:
     """Creates the replicas of a decorated class: `.remote(...)`, `.options(...)` as in Ray."""
 
@@ -1019,6 +1103,7 @@ class ResilientActorClass:
                                  replicas)
         # Creation errors (an unserializable attribute at the first checkpoint) surface here.
         ray.get([r.__resilient_ping__.remote() for r in replicas])
+        handle._supervisor = _Supervisor(handle)
         return handle
 
     def __repr__(self) -> str:

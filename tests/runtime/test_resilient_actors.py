@@ -7,6 +7,7 @@ applied twice would create a gap; a result delivered twice, a repeat.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -199,3 +200,27 @@ def test_bad_options_fail_at_decoration(tmp_path: Path) -> None:
         resilient(failover=standby(1), log=False)(Tally)
     with pytest.raises(TypeError, match=r"use Tally\.remote"):
         resilient(store=tmp_path)(Tally)()
+
+
+def test_a_stopped_primary_is_detected_by_missed_heartbeats_and_replaced(
+    tmp_path: Path, ray_local: str
+) -> None:
+    from resilience.policies import missed_heartbeats
+
+    cls = _decorate(tmp_path, failover=standby(1) | restart(max=5),
+                    detect=missed_heartbeats(3, interval_s=0.2))
+    handle = cls.remote()
+    results = [handle.add.call(f"c{i}") for i in range(50)]
+    stopped = resilient.ping(handle)["pid"]
+    os.kill(stopped, signal.SIGSTOP)  # alive to the OS and to Ray, but frozen
+    try:
+        pending = [handle.add.remote(f"p{i}") for i in range(20)]
+        # Ray alone would wait forever; the supervisor kills it, the standby takes over.
+        results += resilient.get(pending, timeout_s=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stopped, signal.SIGCONT)
+    assert handle._supervisor.events, "the supervisor never acted"
+    assert handle._supervisor.events[0]["health"].missed_heartbeats >= 3
+    assert resilient.ping(handle)["pid"] != stopped
+    _assert_exactly_once(results, resilient.state(handle), 70)
