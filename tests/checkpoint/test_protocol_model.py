@@ -27,12 +27,13 @@ against the crash-free result.
 
 What the model assumes of the runtime (and the runtime must therefore do):
 the generation survives a coordinator restart (here: kept in "etcd"), the
-sink aligns every checkpoint (see SINK_ALIGNMENT_TIMEOUT_S), and a restore
+sink aligns every checkpoint (see the xfail test at the end), and a restore
 lets old-generation snapshot writes finish before the tasks reset.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import tempfile
 from collections import deque
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,6 +51,7 @@ from checkpoint import (
     BarrierAligner,
     CheckpointCompleted,
     CheckpointConfig,
+    CheckpointCorrupt,
     CheckpointError,
     ChunkRef,
     CompactionPolicy,
@@ -71,20 +74,14 @@ from checkpoint import (
 )
 
 JOB = "model"
-KEYS = ("a", "b", "c", "d", "e", "f")
+KEYS = ("k0", "k1", "k2", "k10", "k11", "a")  # three per operator task when P = 2
 SINK_COLUMNS = (("ord", "INTEGER"), ("key", "TEXT"), ("total", "INTEGER"),
                 ("checkpoint", "INTEGER"))
 RESET = 0  # a record with this value deletes its key from the keyed state
+# The model exercises the protocol, not the disk: a RAM filesystem, when there is one,
+# spares hundreds of fsyncs per example.
+SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 CONFIG = CheckpointConfig(interval_s=1.0, timeout_s=5.0, after_restore_s=0.0)
-
-# The sink never falls back to unaligned checkpoints. With unaligned checkpoint N
-# at the sink, the rows committed by N are not "every ordinal below a watermark"
-# (its in-flight records, below the source position, commit with N+1), so the
-# sink's replay floor after a fallback past N either drops them (watermark =
-# source position: lost output) or keeps rows N already committed (watermark =
-# lowest in-flight ordinal: duplicates). Setting a timeout here shows both.
-SINK_ALIGNMENT_TIMEOUT_S: float | None = None
-
 
 @dataclass(frozen=True)
 class Msg:
@@ -151,7 +148,7 @@ class OpTask:
     def new_state(self) -> KeyedState:
         return KeyedState(
             KeyGroupRange.for_task(self.index, self.parallelism),
-            compaction=CompactionPolicy(every_deltas=2),
+            compaction=CompactionPolicy(every_deltas=3),
         )
 
 
@@ -176,8 +173,9 @@ class Coordinator:
 
 class Pipeline:
     def __init__(self, root: Path, records: list[tuple[str, int]], parallelism: int,
-                 max_concurrent: int) -> None:
+                 max_concurrent: int, sink_alignment_timeout_s: float | None = None) -> None:
         self.records = records
+        self.sink_alignment_timeout_s = sink_alignment_timeout_s
         self.parallelism = parallelism
         self.config = CheckpointConfig(
             interval_s=CONFIG.interval_s, timeout_s=CONFIG.timeout_s,
@@ -204,6 +202,7 @@ class Pipeline:
         self.restores: list[tuple[int, list[int]]] = []  # (restored from, skipped)
         # Highest watermark of a checkpoint the sink committed: every ordinal below is visible.
         self.visible_watermark = 0
+        self.damaged: set[Path] = set()  # chunk files corrupted on purpose
         self.coordinator = self._new_coordinator()
         self.coordinator_started = False
         self.needs_restore = True
@@ -386,10 +385,8 @@ class Pipeline:
 
     @staticmethod
     def watermark(done: CheckpointCompleted) -> int:
-        """Every ordinal below it is in the output this checkpoint commits."""
-        position = int(done.acks["src"].metadata["position"])
-        in_flight = [int(r[0]) for r in done.acks["sink"].metadata["in_flight"]]
-        return min([position, *in_flight])
+        """The source position at the barrier, as the runtime records it."""
+        return int(done.acks["src"].metadata["position"])
 
     def finish_step(self) -> None:
         """One step of the oldest completion: manifest, then etcd record, then sink notify."""
@@ -429,23 +426,39 @@ class Pipeline:
                 running[key] = running.get(key, 0) + value
         return running
 
+    def _still_damaged(self, ref: ChunkRef) -> bool:
+        """Whether `ref` is a chunk this test corrupted and no later write repaired."""
+        if self.store.chunk_path(ref) not in self.damaged:
+            return False
+        try:
+            self.store.get_chunk(ref)
+        except CheckpointCorrupt:
+            return True
+        return False
+
     def check_consistent(self, done: CheckpointCompleted) -> None:
         """A complete checkpoint is a consistent cut (checked before it is committed).
 
         With W its watermark: the operator snapshots restore to exactly the
         crash-free state after the first W records, and the sink's visible rows
-        plus the rows staged up to this checkpoint are exactly ordinals 0..W-1,
-        or up to the highest watermark the sink ever committed, if that is higher
-        (after a fallback to an older checkpoint, until the replay catches up).
+        plus the rows staged up to this checkpoint are exactly ordinals 0..W-1
+        (or up to the highest watermark the sink ever committed, if that is
+        higher: after a fallback to an older checkpoint, until the replay catches
+        up), but for the records in flight at an unaligned sink snapshot.
         """
         watermark = self.watermark(done)
         restored: dict[str, int] = {}
+        intact = True
         for op in self.ops:
             snap = done.acks[op.task_id]
-            state = op.new_state()
-            state.restore(self.store, [StateHandle(snap.chunks, snap.metadata)])
-            restored.update(state.items())
-        assert restored == self.expected_state(watermark), (
+            # An incremental chain goes on referencing a chunk damaged on disk since it
+            # was written: such a checkpoint cannot be restored (restore skips it).
+            intact = intact and not any(self._still_damaged(r) for r in snap.chunks)
+            if intact:
+                state = op.new_state()
+                state.restore(self.store, [StateHandle(snap.chunks, snap.metadata)])
+                restored.update(state.items())
+        assert not intact or restored == self.expected_state(watermark), (
             f"checkpoint {done.checkpoint_id}: operator state is not the state at {watermark}"
         )
         with closing(sqlite3.connect(self.sink_path)) as db:
@@ -453,7 +466,8 @@ class Pipeline:
             staged = [r[0] for r in db.execute(
                 "SELECT ord FROM _staging_output WHERE ckpt <= ?", (done.checkpoint_id,))]
         high = max(watermark, self.visible_watermark)
-        assert sorted(visible + staged) == list(range(high)), (
+        in_flight = {int(r[0]) for r in done.acks["sink"].metadata["in_flight"]}
+        assert sorted(visible + staged) == [o for o in range(high) if o not in in_flight], (
             f"checkpoint {done.checkpoint_id}: sink output is not ordinals 0..{high - 1}"
         )
 
@@ -561,6 +575,8 @@ class Pipeline:
         data = bytearray(path.read_bytes())
         data[pick % len(data)] ^= 0x20
         path.write_bytes(bytes(data))
+        if what == "chunk":
+            self.damaged.add(path)
         self.needs_restore = True
 
     # -- restore ------------------------------------------------------------------------
@@ -613,7 +629,7 @@ class Pipeline:
         sink.alive = True
         sink.generation = generation
         sink.aligner = BarrierAligner(self.parallelism, clock=self.clock,
-                                      alignment_timeout_s=SINK_ALIGNMENT_TIMEOUT_S)
+                                      alignment_timeout_s=self.sink_alignment_timeout_s)
         sink.open_unaligned = None
         sink.writes.clear()
         # Replay the sink's channel state (records in flight at an unaligned checkpoint).
@@ -726,7 +742,7 @@ BASIC = ("emit", "deliver", "write", "inbox", "finish")
 ACTIONS = (
     *(["step"] * 12), *(["write"] * 3), *(["tick"] * 3), "flush", "flush", "settle",
     "advance", "stuck_write", "crash_task", "crash_coordinator",
-    "restore", "corrupt", "zombie",
+    "restore", "restore", "corrupt", "zombie",
 )
 
 
@@ -757,6 +773,14 @@ def _act(p: Pipeline, name: str, data: st.DataObject) -> None:
     if name == "step":
         name = data.draw(st.sampled_from(_enabled_basic(p)), label="step")
 
+    def corrupt() -> None:
+        p.corrupt_newest(
+            data.draw(st.sampled_from(["manifest", "chunk"]), label="what"),
+            data.draw(st.integers(0, 10**6), label="pick"),
+        )
+        if data.draw(st.booleans(), label="crash finds it now"):
+            p.restore()
+
     def tick() -> None:
         p.advance(CONFIG.interval_s)
         if p.can_trigger():
@@ -781,16 +805,13 @@ def _act(p: Pipeline, name: str, data: st.DataObject) -> None:
         "crash_coordinator": lambda: p.crash_coordinator(
             data.draw(st.integers(0, 2), label="completion steps first")),
         "restore": p.restore,
-        "corrupt": lambda: p.corrupt_newest(
-            data.draw(st.sampled_from(["manifest", "chunk"]), label="what"),
-            data.draw(st.integers(0, 10**6), label="pick"),
-        ),
+        "corrupt": corrupt,
         "zombie": p.zombie_notify,
     }
     actions[name]()
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     records=st.lists(st.tuples(st.sampled_from(KEYS), st.integers(RESET, 9)), min_size=1,
                      max_size=20),
@@ -801,7 +822,7 @@ def _act(p: Pipeline, name: str, data: st.DataObject) -> None:
 def test_interleavings_of_barriers_acks_crashes_and_restores_are_exactly_once(
     records: list[tuple[str, int]], parallelism: int, max_concurrent: int, data: st.DataObject
 ) -> None:
-    with tempfile.TemporaryDirectory(prefix="protocol-model-") as root:
+    with tempfile.TemporaryDirectory(prefix="protocol-model-", dir=SCRATCH) as root:
         p = Pipeline(Path(root), records, parallelism, max_concurrent)
         try:
             for _ in range(data.draw(st.integers(0, 80), label="steps")):
@@ -810,3 +831,49 @@ def test_interleavings_of_barriers_acks_crashes_and_restores_are_exactly_once(
             p.check()
         finally:
             p.close()
+
+
+def test_keys_spread_over_both_operator_tasks() -> None:
+    # Otherwise P = 2 leaves one operator and one sink channel without records.
+    assert sorted(partition_of(k, 2) for k in KEYS) == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known design gap: the sink's replay floor assumes the committed output is every "
+    "ordinal below the committed watermark, which an unaligned snapshot at (or before) "
+    "the sink breaks; a fallback past it then loses the records that were in flight"
+))
+def test_fallback_past_an_unaligned_sink_checkpoint_is_exactly_once(tmp_path: Path) -> None:
+    """Unaligned checkpoint 1 at the sink, committed, then found corrupt: restore from 0.
+
+    Record 0 (slow channel) is in flight at checkpoint 1, so it commits with a
+    later checkpoint; record 1 (fast channel) commits with checkpoint 1, whose
+    watermark is 2. Falling back past checkpoint 1 sets the replay floor to 2
+    and the replayed record 0 is dropped although it was never visible. (With
+    the lowest in-flight ordinal as the watermark instead, record 1 would be
+    committed twice.)
+    """
+    slow = next(k for k in KEYS if partition_of(k, 2) == 1)
+    fast = next(k for k in KEYS if partition_of(k, 2) == 0)
+    p = Pipeline(tmp_path, [(slow, 1), (fast, 1), (slow, 2)], 2, 1, sink_alignment_timeout_s=1.0)
+    try:
+        p.emit()
+        p.emit()
+        p.advance(CONFIG.interval_s)
+        p.trigger()
+        p.emit()
+        while p.to_op[0]:
+            p.deliver("op", 0)
+        while p.to_sink[0]:
+            p.deliver("sink", 0)
+        p.advance(1.0)  # alignment times out: the sink snapshots unaligned
+        p.run_until_idle()
+        assert p.etcd_log == [1]
+        assert [r[0] for r in p._live_sink().rows()] == [1]
+        p.corrupt_newest("manifest", 0)
+        p.restore()
+        assert p.restores[-1] == (0, [1])
+        p.drain()
+        p.check()
+    finally:
+        p.close()
