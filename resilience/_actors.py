@@ -991,6 +991,16 @@ class ResilientHandle:
         return ray.get(self._primary_actor().__resilient_state__.remote(), timeout=timeout_s)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _heartbeat_interval(detect: Detector) -> float:
     detectors = detect.detectors if isinstance(detect, AnyDetector) else (detect,)
     intervals = [d.interval_s for d in detectors if isinstance(d, missed_heartbeats)]
@@ -1017,12 +1027,12 @@ class _Supervisor:
     def stop(self) -> None:
         self._stop.set()
 
-    def _read(self, index: int) -> tuple[float, int] | None:
+    def _read(self, index: int) -> tuple[float, int, int] | None:
         path = Path(self.handle._policy.store or _default_store()) / self.handle._name / \
             f"heartbeat-{index}"
         try:
-            at, completed, *_ = path.read_text().split()
-            return float(at), int(completed)
+            at, completed, _role, pid = path.read_text().split()
+            return float(at), int(completed), int(pid)
         except (OSError, ValueError):
             return None
 
@@ -1036,7 +1046,9 @@ class _Supervisor:
             if beat is None:
                 continue  # not started yet
             now = time.time()
-            at, completed = beat
+            at, completed, pid = beat
+            if now - at > self.interval and not _process_alive(pid):
+                continue  # it died: Ray restarts it; only a live, silent process is hung
             seen = last_completed.get(index)
             if seen is None or seen[0] != completed:
                 last_completed[index] = (completed, now)
