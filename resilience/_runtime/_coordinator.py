@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 _PUMP_WINDOW = 2
 _RESTORE_TIMEOUT_S = 120.0
 _HEALTH_TIMEOUT_S = 5.0
+_GENERATIONS_PER_EPOCH = 1_000_000
 
 
 class _Corrupt(Exception):
@@ -129,6 +130,7 @@ class JobCoordinator:
             "checkpoints_completed": 0,
             "checkpoints_failed": 0,
             "checkpoints_unaligned": 0,
+            "inflight_records_stored": 0,
             "last_checkpoint": None,
             "checkpoint_history": [],
             "restores": [],
@@ -212,6 +214,10 @@ class JobCoordinator:
         leadership = self.leadership
         assert leadership is not None
         leadership.on_lost(lambda: self.events.put(("leadership_lost",)))
+        # Generations must never repeat, across coordinator restarts too: a task still
+        # holding pushes of generation g from before the crash would accept them again.
+        # Each reign numbers its generations above every earlier reign's.
+        self.core.generation = max(self.core.generation, leadership.epoch * _GENERATIONS_PER_EPOCH)
         self._set(fencing_epoch=leadership.epoch, state="leading")
         prefix = job_prefix(self.spec.job_id)
         with contextlib.suppress(EtcdError, FencedOut):
@@ -491,6 +497,8 @@ class JobCoordinator:
             st["checkpoints_completed"] += 1
             if any(snap.metadata.get("channel_state") for snap in manifest.tasks.values()):
                 st["checkpoints_unaligned"] += 1
+            st["inflight_records_stored"] += sum(
+                int(snap.metadata.get("inflight_records", 0)) for snap in manifest.tasks.values())
             st["last_checkpoint"] = info
             st["committed_watermark"] = watermark
             st["checkpoint_history"] = [*st["checkpoint_history"][-199:], info]

@@ -191,7 +191,7 @@ class TaskActor:
         self.generation = UNRESTORED
         self.failed = False
         self.outputs = [_Output(o, spec.namespace, spec.window) for o in spec.outputs]
-        self.aligner = BarrierAligner(spec.n_inputs, alignment_timeout_s=spec.alignment_timeout_s)
+        self.aligner = BarrierAligner(spec.n_inputs, alignment_timeout_s=self._alignment_timeout())
         self.writer = ThreadPoolExecutor(1, thread_name_prefix=f"snapshot-{spec.task_id}")
         self._failed_writers: queue.SimpleQueue[SnapshotWriter] = queue.SimpleQueue()
         self._open_unaligned: tuple[int, SnapshotWriter, dict[int, list[Any]]] | None = None
@@ -206,6 +206,16 @@ class TaskActor:
         self.incarnation_restarted = bool(
             ray.get_runtime_context().was_current_actor_reconstructed
         )
+
+    def _alignment_timeout(self) -> float | None:
+        """None (always aligned) for two-phase-commit stages.
+
+        A sink's commit of checkpoint N makes visible every record before barrier N
+        at the source (the replay floor relies on it); an unaligned snapshot would
+        leave the in-flight ones for N+1. So sinks align; the timeout bounds the
+        alignment of stateful stages in between.
+        """
+        return None if self.spec.commits else self.spec.alignment_timeout_s
 
     # -- control plane ------------------------------------------------------------------
 
@@ -279,7 +289,7 @@ class TaskActor:
         for out in self.outputs:
             out.reset()
         self.aligner = BarrierAligner(
-            self.spec.n_inputs, alignment_timeout_s=self.spec.alignment_timeout_s
+            self.spec.n_inputs, alignment_timeout_s=self._alignment_timeout()
         )
         self._open_unaligned = None
         self._must_align = set()
