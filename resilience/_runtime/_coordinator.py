@@ -398,6 +398,7 @@ class JobCoordinator:
                 duration_s=done.duration_s,
                 total_bytes=manifest.total_bytes(),
                 manifest_checksum=chunk_ref_of(manifest.to_bytes()).digest,
+                unaligned=any(t.metadata.get("channel_state") for t in manifest.tasks.values()),
             )
             self.registry.commit(leadership, record)
         except FencedOut:
@@ -584,13 +585,25 @@ class JobCoordinator:
         highest = max(highest, self.core.next_checkpoint_id - 1)
         fallbacks: list[str] = []
         candidates: list[CheckpointRecord | None] = [*reversed(records), None]
+        skipped_unaligned: list[int] = []
         for record in candidates:
+            if skipped_unaligned:
+                # The sink may have committed output of that checkpoint whose records
+                # were in flight, i.e. below its watermark but not all committed: the
+                # replay floor cannot tell which. Stop rather than lose or double money.
+                raise JobFailed(
+                    f"job {self.spec.job_id}: cannot fall back past checkpoint "
+                    f"{skipped_unaligned[0]}, which stored in-flight records (unaligned); "
+                    f"skipped: {'; '.join(fallbacks)}. Repair the store or restore a savepoint."
+                )
             manifest = None
             if record is not None:
                 try:
                     manifest = self.store.get_manifest(record.checkpoint_id)
                 except CheckpointError as e:
                     fallbacks.append(f"checkpoint {record.checkpoint_id}: {_short(e)}")
+                    if record.unaligned:
+                        skipped_unaligned.append(record.checkpoint_id)
                     continue
             checkpoint_id = 0 if record is None else record.checkpoint_id
             watermark = 0 if record is None else record.watermark
@@ -600,6 +613,8 @@ class JobCoordinator:
                                     watermark)
             except _Corrupt as e:
                 fallbacks.append(f"checkpoint {checkpoint_id}: {e}")
+                if record is not None and record.unaligned:
+                    skipped_unaligned.append(checkpoint_id)
                 continue
             self._watermark = watermark
             duration = time.monotonic() - t0

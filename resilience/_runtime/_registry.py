@@ -41,6 +41,7 @@ class CheckpointRecord:
     duration_s: float
     total_bytes: int
     manifest_checksum: str
+    unaligned: bool = False  # some task stored in-flight records with it
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -48,7 +49,7 @@ class CheckpointRecord:
     @classmethod
     def from_bytes(cls, data: bytes) -> CheckpointRecord:
         doc = json.loads(data)
-        return cls(**{k: doc[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
 
 
 class CheckpointRegistry:

@@ -136,3 +136,41 @@ def test_a_task_that_cannot_start_fails_the_job_with_its_reason(
     with PipelineRunner(spec, etcd_server.endpoint) as runner, \
             pytest.raises(JobFailed, match=r"source-0 could not start.*gone\.jsonl"):
         runner.wait(timeout_s=120)
+
+
+def test_no_silent_fallback_past_an_unaligned_checkpoint(
+    tmp_path: Path, etcd_server: Any, ray_local: str
+) -> None:
+    # Falling back past a committed checkpoint that stored in-flight records could lose
+    # or duplicate them at the sink: the job must stop and say so instead.
+    from resilience._errors import JobFailed
+    from resilience._etcd import EtcdClient
+    from resilience._runtime._registry import CheckpointRegistry
+    from resilience.jobs.keyed_sums import SumsOptions, keyed_sums_pipeline
+
+    opts = SumsOptions(tmp_path, total=400_000, keys=500, alignment_timeout_s=0.0,
+                       job_id=f"nofall-{time.time_ns()}", lag_s=0.01)
+    store = FileSystemStore(tmp_path / "checkpoints", job_id=opts.job_id)
+
+    def chaos(runner: PipelineRunner) -> None:
+        with EtcdClient(etcd_server.endpoint) as client:
+            registry = CheckpointRegistry(client, opts.job_id)
+            wait_until(lambda: any(r.unaligned for r in registry.completed()), timeout_s=120)
+            faultpoints.arm(tmp_path, faultpoints.STORE_WRITE, "enospc")  # freeze the list
+            failed = _status(runner)["checkpoints_failed"]
+            wait_until(lambda: _status(runner)["checkpoints_failed"] > failed, timeout_s=60)
+            newest = registry.latest()
+            assert newest is not None
+        if not newest.unaligned:
+            return  # the test below then fails on purpose: no unaligned newest checkpoint
+        path = store.manifest_path(newest.checkpoint_id)
+        path.write_bytes(path.read_bytes()[:30])
+        os.kill(runner.pids()["sums-0"], signal.SIGKILL)
+
+    spec = keyed_sums_pipeline(opts)
+    with PipelineRunner(spec, etcd_server.endpoint) as runner:
+        thread = threading.Thread(target=chaos, args=(runner,), daemon=True)
+        thread.start()
+        with pytest.raises(JobFailed, match="cannot fall back past checkpoint"):
+            runner.wait(timeout_s=400)
+    faultpoints.disarm(tmp_path, faultpoints.STORE_WRITE)
