@@ -55,6 +55,7 @@ class OperatorContext:
     index: int
     parallelism: int
     workdir: Path
+    checkpointing: bool = True  # False: no barriers but the final one; no guarantees
 
 
 @runtime_checkable

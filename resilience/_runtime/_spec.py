@@ -77,6 +77,7 @@ class TaskSpec:
     commits: bool
     alignment_timeout_s: float | None
     window: int
+    checkpointing: bool = True
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class PipelineSpec:
                         commits=s.commits,
                         alignment_timeout_s=self.alignment_timeout_s,
                         window=self.window,
+                        checkpointing=self.checkpoint is not None,
                     )
                 )
         return out

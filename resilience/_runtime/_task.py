@@ -181,6 +181,7 @@ class TaskActor:
                     index=spec.index,
                     parallelism=spec.parallelism,
                     workdir=spec.workdir,
+                    checkpointing=spec.checkpointing,
                 )
             )
         except Exception as e:  # noqa: BLE001

@@ -32,6 +32,7 @@ from checkpoint import (
     TaskSnapshot,
 )
 from resilience._runtime._operator import OperatorContext, SnapshotWriter, WrittenSnapshot
+from resilience._runtime._sink_operator import SinkOperator
 from resilience._runtime._spec import PipelineSpec, StageSpec
 
 __all__ = ["SumsOptions", "check_sums", "keyed_sums_pipeline", "record"]
@@ -135,49 +136,22 @@ class Sums:
         return []
 
 
-class SumsSink:
-    """Two-phase-commit SQLite table of the running sums."""
+def _open_sums(ctx: OperatorContext) -> SQLiteTwoPhaseSink:
+    sink = SQLiteTwoPhaseSink(
+        ctx.workdir / "sums.sqlite", table="sums", sink_id=ctx.job_id,
+        columns=(("i", "INTEGER"), ("key", "TEXT"), ("value", "INTEGER"),
+                 ("sum_after", "INTEGER")),
+    )
+    sink.open()
+    return sink
 
-    def __init__(self) -> None:
-        self.buffer: list[Any] = []
-        self._sink: SQLiteTwoPhaseSink | None = None
 
-    def open(self, ctx: OperatorContext) -> None:
-        self._sink = SQLiteTwoPhaseSink(
-            ctx.workdir / "sums.sqlite", table="sums", sink_id=ctx.job_id,
-            columns=(("i", "INTEGER"), ("key", "TEXT"), ("value", "INTEGER"),
-                     ("sum_after", "INTEGER")),
-        )
-        self._sink.open()
+def _sums_row(r: Any) -> Any:
+    return (r[0], *r)  # the record index is the ordinal
 
-    def process(self, channel: int, records: Sequence[Any]) -> list[Any]:
-        self.buffer.extend((r[0], *r) for r in records)  # ordinal first
-        return []
 
-    def snapshot(self, checkpoint_id: int) -> SnapshotWriter:
-        rows, self.buffer = self.buffer, []
-        sink = self._sink
-        assert sink is not None
-
-        def write(store: CheckpointStore) -> WrittenSnapshot:
-            sink.precommit(checkpoint_id, rows)
-            return WrittenSnapshot((), {"precommitted": checkpoint_id, "rows": len(rows)})
-
-        return SnapshotWriter(write)
-
-    def restore(self, store: CheckpointStore, snapshots: Sequence[TaskSnapshot]) -> None:
-        self.buffer = []
-
-    def recover(self, checkpoint_id: int, fencing_epoch: int, watermark: int) -> None:
-        assert self._sink is not None
-        self._sink.recover(checkpoint_id, fencing_epoch, watermark)
-
-    def checkpoint_complete(self, checkpoint_id: int, fencing_epoch: int, watermark: int) -> None:
-        assert self._sink is not None
-        self._sink.commit(checkpoint_id, fencing_epoch, watermark)
-
-    def end_of_input(self) -> list[Any]:
-        return []
+def SumsSink() -> SinkOperator:  # noqa: N802 - a stage factory, named like the stage
+    return SinkOperator(_open_sums, name="sink", row=_sums_row)
 
 
 def _by_index(r: Any) -> str:

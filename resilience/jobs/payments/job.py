@@ -39,8 +39,8 @@ from checkpoint import (
     StateHandle,
     TaskSnapshot,
 )
-from resilience import _faultpoints as faultpoints
 from resilience._runtime._operator import OperatorContext, SnapshotWriter, WrittenSnapshot
+from resilience._runtime._sink_operator import SinkOperator
 from resilience._runtime._spec import PipelineSpec, StageSpec
 from resilience.jobs.payments.generator import FEATURE_BUCKETS, is_fraud
 
@@ -377,63 +377,23 @@ _BALANCES_UPSERT = (
 )
 
 
-class LedgerSink:
-    """Two-phase-commit ledger: postings and balances become visible together, per checkpoint."""
+def open_ledger(ctx: OperatorContext) -> SQLiteTwoPhaseSink:
+    """The payments ledger: postings and balances become visible together, per checkpoint."""
+    sink = SQLiteTwoPhaseSink(
+        ctx.workdir / "ledger.sqlite",
+        table="postings",
+        columns=LEDGER_COLUMNS,
+        sink_id=ctx.job_id,
+        on_commit=[_BALANCES_UPSERT],
+        extra_ddl=[_BALANCES_DDL],
+    )
+    sink.open()
+    return sink
 
-    def __init__(self) -> None:
-        self.buffer: list[Any] = []
-        self._sink: SQLiteTwoPhaseSink | None = None
-        self._workdir = Path(".")
 
-    def open(self, ctx: OperatorContext) -> None:
-        self._workdir = ctx.workdir
-        self._sink = SQLiteTwoPhaseSink(
-            ctx.workdir / "ledger.sqlite",
-            table="postings",
-            columns=LEDGER_COLUMNS,
-            sink_id=ctx.job_id,
-            on_commit=[_BALANCES_UPSERT],
-            extra_ddl=[_BALANCES_DDL],
-        )
-        self._sink.open()
-
-    @property
-    def sink(self) -> SQLiteTwoPhaseSink:
-        assert self._sink is not None
-        return self._sink
-
-    def process(self, channel: int, records: Sequence[Any]) -> list[Any]:
-        self.buffer.extend(records)
-        return []
-
-    def snapshot(self, checkpoint_id: int) -> SnapshotWriter:
-        rows, self.buffer = self.buffer, []
-        sink = self.sink
-
-        def write(store: CheckpointStore) -> WrittenSnapshot:
-            faultpoints.hit(self._workdir, "ledger.before_precommit")
-            sink.precommit(checkpoint_id, rows)
-            return WrittenSnapshot((), {"precommitted": checkpoint_id, "rows": len(rows),
-                                        "schema": STATE_SCHEMA_VERSION})
-
-        return SnapshotWriter(write)
-
-    def restore(self, store: CheckpointStore, snapshots: Sequence[TaskSnapshot]) -> None:
-        self.buffer = []
-
-    def recover(self, checkpoint_id: int, fencing_epoch: int, watermark: int) -> None:
-        self.sink.recover(checkpoint_id, fencing_epoch, watermark)
-
-    def checkpoint_complete(self, checkpoint_id: int, fencing_epoch: int, watermark: int) -> None:
-        # Between pre-commit (acknowledged) and commit: the window 2PC exists for.
-        faultpoints.hit(self._workdir, "ledger.before_commit")
-        self.sink.commit(checkpoint_id, fencing_epoch, watermark)
-
-    def end_of_input(self) -> list[Any]:
-        return []
-
-    def close(self) -> None:
-        self.sink.close()
+def LedgerSink() -> SinkOperator:  # noqa: N802 - a stage factory, named like the stage
+    """The ledger stage (fault points ``ledger.before_precommit`` / ``ledger.before_commit``)."""
+    return SinkOperator(open_ledger, name="ledger", metadata={"schema": STATE_SCHEMA_VERSION})
 
 
 # -- topology ---------------------------------------------------------------------------------
