@@ -60,7 +60,7 @@ from checkpoint import (
     plan_retention,
 )
 from checkpoint._wal import LogFollower, WriteAheadLog
-from resilience import _faultpoints as faultpoints
+from resilience import faultpoints
 from resilience._errors import FailoverExhausted
 from resilience.policies import (
     AnyDetector,

@@ -115,7 +115,25 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--events", type=_positive_int, default=200_000)
     d.add_argument("--parallelism", type=_positive_int, default=2)
     d.add_argument("--no-kill", action="store_true", help="run without injecting a fault")
+    for name, handler in _plugins(sub).items():
+        _PLUGIN_HANDLERS[name] = handler
     return p
+
+
+_PLUGIN_HANDLERS: dict[str, Any] = {}
+
+
+def _plugins(sub: Any) -> dict[str, Any]:
+    """Sub-commands registered by other packages under the `resilience.commands` entry points."""
+    from importlib.metadata import entry_points
+
+    handlers: dict[str, Any] = {}
+    for ep in entry_points(group="resilience.commands"):
+        try:
+            handlers.update(ep.load()(sub))
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not break the CLI
+            print(f"warning: sub-command plugin {ep.name} not loaded: {e}", file=sys.stderr)
+    return handlers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,6 +174,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from resilience._admin import checkpoints_command
 
         return checkpoints_command(args)
+    if args.command in _PLUGIN_HANDLERS:
+        return int(_PLUGIN_HANDLERS[args.command](args))
     raise UserError(f"unknown command {args.command}")
 
 

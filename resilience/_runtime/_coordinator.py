@@ -50,7 +50,7 @@ from checkpoint import (
     plan_retention,
     store_from_uri,
 )
-from resilience import _faultpoints as faultpoints
+from resilience import faultpoints
 from resilience._errors import FailoverExhausted, JobFailed
 from resilience._etcd import EtcdClient, EtcdError
 from resilience._runtime._registry import CheckpointRecord, CheckpointRegistry, job_prefix

@@ -40,12 +40,14 @@ class PipelineRunner:
         spec.workdir.mkdir(parents=True, exist_ok=True)
         # Tasks first: the coordinator looks them up by name as soon as it starts.
         for ts in spec.task_specs():
+            resources = dict(spec.stage(ts.stage).resources)
             self.tasks[ts.task_id] = _RemoteTask.options(
                 name=ts.actor_name,
                 namespace=spec.namespace,
                 max_restarts=-1,
                 max_task_retries=0,
                 num_cpus=0,
+                **({"resources": resources} if resources else {}),
             ).remote(ts)
         self.coordinator = _RemoteCoordinator.options(
             name=spec.coordinator_name,

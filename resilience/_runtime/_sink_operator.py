@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from checkpoint import CheckpointStore, TaskSnapshot, TwoPhaseCommitSink
-from resilience import _faultpoints as faultpoints
+from resilience import faultpoints
 from resilience._runtime._operator import OperatorContext, SnapshotWriter, WrittenSnapshot
 
 __all__ = ["SinkOperator"]
@@ -84,6 +84,11 @@ class SinkOperator:
             self._hit("before_precommit")
             with self._lock:
                 sink.precommit(checkpoint_id, rows)
+                if self._ctx is not None and faultpoints.armed(
+                        self._ctx.workdir, f"{self.name}.commit_early"):
+                    # A deliberately broken build (harness tests only): committing before
+                    # the checkpoint is complete, which a restore then replays twice.
+                    sink.commit(checkpoint_id, self._epoch, 0)
             return WrittenSnapshot((), {"precommitted": checkpoint_id, "rows": len(rows),
                                         **self.metadata})
 

@@ -8,7 +8,7 @@ from anyone to rejoin.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ class StageSpec:
     key: Callable[[Any], str] | None = None
     is_source: bool = False
     commits: bool = False  # has two-phase-commit effects: gets completion notices
+    resources: Mapping[str, float] = field(default_factory=dict)  # Ray custom resources
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:

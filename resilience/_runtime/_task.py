@@ -49,7 +49,7 @@ from checkpoint import (
     partition_of,
     store_from_uri,
 )
-from resilience import _faultpoints as faultpoints
+from resilience import faultpoints
 from resilience._errors import JobFailed
 from resilience._runtime._operator import (
     OperatorContext,

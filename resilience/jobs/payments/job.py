@@ -420,6 +420,7 @@ class PaymentsOptions:
     from_savepoint: Path | None = None  # a savepoint's own directory
     run_id: str = ""
     alignment_timeout_s: float | None = 2.0
+    balances_resources: dict[str, float] | None = None  # pin the stage (node-loss drills)
 
 
 def payments_pipeline(opts: PaymentsOptions) -> PipelineSpec:
@@ -446,7 +447,7 @@ def payments_pipeline(opts: PaymentsOptions) -> PipelineSpec:
                       is_source=True),
             StageSpec("model", partial(FraudModel, opts.label_delay), upstream=["source"]),
             StageSpec("balances", Balances, parallelism=opts.parallelism, upstream=["model"],
-                      key=leg_account),
+                      key=leg_account, resources=opts.balances_resources or {}),
             StageSpec("ledger", LedgerSink, upstream=["balances"], commits=True),
         ],
     )

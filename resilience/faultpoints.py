@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["STORE_WRITE", "arm", "disarm", "hit", "io_hook"]
+__all__ = ["STORE_WRITE", "arm", "armed", "disarm", "hit", "io_hook"]
 
 STORE_WRITE = "store.write"
 """The fault point of every checkpoint store write."""
 
-_ACTIONS = ("kill", "enospc", "eio")
+_ACTIONS = ("kill", "enospc", "eio", "on")
 
 
 def _path(workdir: Path, name: str) -> Path:
@@ -75,6 +75,17 @@ def hit(workdir: Path, name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action.startswith(("pause ", "slow ")):
         time.sleep(float(action.split()[1]))
+
+
+def armed(workdir: Path, name: str) -> bool:
+    """Whether switch `name` is armed with ``on`` (a deliberately broken build, for tests
+    of the harness itself: e.g. ``ledger.commit_early``)."""
+    if not _maybe_armed(workdir):
+        return False
+    try:
+        return _path(workdir, name).read_text().strip() == "on"
+    except FileNotFoundError:
+        return False
 
 
 def io_hook(workdir: Path, name: str = STORE_WRITE) -> Callable[[str, int], None]:

@@ -1,0 +1,327 @@
+"""The fault vocabulary: what can be broken, how it is injected and how it is healed.
+
+A `FaultStep` is a line of a scenario (kind, target, when, for how long). Its kind
+names a `FaultType` in `FAULT_KINDS`, which knows how to inject it into a running
+environment and how to heal it. Every injection and healing is journaled with its
+time by the runner. Healing is idempotent and always happens, also when a run is
+interrupted (the rollback).
+
+Kinds that need a capability not built yet (a whole site, the replication link, bad
+models, clock skew) are in the vocabulary already, marked unavailable: a scenario that
+uses them is refused with the reason, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from checkpoint import FileSystemStore
+from resilience import faultpoints
+
+__all__ = ["FAULT_KINDS", "FaultStep", "FaultType", "Injected", "check_fault"]
+
+
+@dataclass(frozen=True)
+class FaultStep:
+    """One fault of a scenario: `kind` at `target`, at a time or after some input lines."""
+
+    kind: str
+    target: str = ""
+    at_seconds: float | None = None
+    at_lines: int | None = None
+    duration: float | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    line: int | None = None
+
+    def to_yaml(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"fault": self.kind}
+        if self.target:
+            doc["target"] = self.target
+        if self.at_lines is not None:
+            doc["at"] = {"lines": self.at_lines}
+        elif self.at_seconds is not None:
+            doc["at"] = {"seconds": self.at_seconds}
+        if self.duration is not None:
+            doc["duration"] = self.duration
+        if self.params:
+            doc["params"] = dict(self.params)
+        return doc
+
+    def describe(self) -> str:
+        when = (f"after {self.at_lines:,} lines" if self.at_lines is not None
+                else f"at {self.at_seconds:g}s" if self.at_seconds is not None else "at once")
+        dur = f" for {self.duration:g}s" if self.duration is not None else ""
+        tgt = f" {self.target}" if self.target else ""
+        return f"{self.kind}{tgt} {when}{dur}"
+
+
+class Environment(Protocol):
+    """What faults act on (implemented by the runner)."""
+
+    workdir: Any
+    job_id: str
+
+    def task_pid(self, task: str) -> int: ...
+
+    def task_names(self) -> list[str]: ...
+
+    def coordinator_pid(self) -> int: ...
+
+    def etcd_member(self, index: int) -> Any: ...
+
+    def proxy(self, link: str) -> Any: ...
+
+    def node(self, index: int) -> Any: ...
+
+    def remove_node(self, index: int) -> None: ...
+
+    def restore_node(self, index: int) -> None: ...
+
+    def coordinator_lease(self) -> int | None: ...
+
+    def revoke_lease(self, lease_id: int) -> None: ...
+
+
+@dataclass
+class Injected:
+    """A fault as injected: what the heal needs to undo it."""
+
+    step: FaultStep
+    target: str  # resolved (a random task chosen, ...)
+    detail: str = ""
+    undo: Callable[[], None] | None = None
+    healed: bool = False
+
+    def heal(self) -> None:
+        if not self.healed:
+            self.healed = True
+            if self.undo is not None:
+                self.undo()
+
+
+@dataclass(frozen=True)
+class FaultType:
+    """A kind of fault: its checks, its injection, what the environment must offer."""
+
+    name: str
+    description: str
+    inject: Callable[[Environment, FaultStep, Any], Injected] | None
+    targeted: bool = False
+    target_prefixes: tuple[str, ...] = ()
+    has_duration: bool = False
+    duration_required: bool = False
+    needs: tuple[str, ...] = ()
+    available: bool = True
+    unavailable_reason: str = ""
+
+
+def _resolve_task(env: Environment, target: str, rng: Any) -> str:
+    name = target.removeprefix("task:")
+    names = env.task_names()
+    if name == "*":
+        return str(rng.choice(sorted(names)))
+    if name not in names:
+        raise ValueError(f"no task {name!r} in this job (tasks: {', '.join(sorted(names))})")
+    return name
+
+
+def _pid_of(env: Environment, target: str, rng: Any) -> tuple[str, int]:
+    if target == "coordinator":
+        return "coordinator", env.coordinator_pid()
+    task = _resolve_task(env, target, rng)
+    return f"task:{task}", env.task_pid(task)
+
+
+def _kill(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    target, pid = _pid_of(env, step.target, rng)
+    os.kill(pid, signal.SIGKILL)
+    return Injected(step, target, f"SIGKILL pid {pid}")
+
+
+def _pause(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    target, pid = _pid_of(env, step.target, rng)
+    os.kill(pid, signal.SIGSTOP)
+
+    def undo() -> None:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # killed meanwhile (a supervisor, a health check): nothing to resume
+
+    return Injected(step, target, f"SIGSTOP pid {pid}", undo)
+
+
+def _member(step: FaultStep) -> int:
+    return int(step.target.removeprefix("etcd:"))
+
+
+def _etcd_kill(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    member = env.etcd_member(_member(step))
+    member.kill()
+    return Injected(step, step.target, "SIGKILL of an etcd member", member.restart)
+
+
+def _etcd_pause(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    member = env.etcd_member(_member(step))
+    member.pause()
+    return Injected(step, step.target, "SIGSTOP of an etcd member", member.resume)
+
+
+def _lease_expire(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    lease = env.coordinator_lease()
+    if lease is None:
+        return Injected(step, "coordinator lease", "no leader at that moment: nothing to expire")
+    env.revoke_lease(lease)
+    return Injected(step, "coordinator lease", f"revoked lease {lease:x}")
+
+
+def _link(env: Environment, step: FaultStep) -> Any:
+    return env.proxy(step.target.removeprefix("link:"))
+
+
+def _partition(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    proxy = _link(env, step)
+    proxy.blackhole()
+    return Injected(step, step.target, "blackhole", proxy.heal)
+
+
+def _latency(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    proxy = _link(env, step)
+    ms = float(step.params.get("ms", 200))
+    jitter = float(step.params.get("jitter_ms", 0))
+    proxy.set_latency(ms, jitter, rng=rng)
+    return Injected(step, step.target, f"latency {ms:g}ms ±{jitter:g}", proxy.heal)
+
+
+def _link_reset(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    _link(env, step).reset_connections()
+    return Injected(step, step.target, "connections reset")
+
+
+def _storage(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    mode = str(step.params.get("mode", "enospc"))
+    action = f"slow {float(step.params.get('seconds', 0.5))}" if mode == "slow" else mode
+    faultpoints.arm(env.workdir, faultpoints.STORE_WRITE, action)
+    return Injected(step, "checkpoint store", f"every write: {action}",
+                    lambda: faultpoints.disarm(env.workdir, faultpoints.STORE_WRITE))
+
+
+def _corrupt_checkpoint(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    store = FileSystemStore(env.workdir / "checkpoints", job_id=env.job_id)
+    ids = store.list_checkpoints()
+    if not ids:
+        return Injected(step, "checkpoint store", "no checkpoint yet: nothing corrupted")
+    manifest = store.get_manifest(ids[-1])
+    chunks = sorted(manifest.chunk_refs())
+    if not chunks:
+        return Injected(step, "checkpoint store", f"checkpoint {ids[-1]} has no chunk")
+    ref = chunks[rng.randrange(len(chunks))]
+    path = store.chunk_path(ref)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes: only the checksum can tell
+    path.write_bytes(bytes(data))
+    return Injected(step, f"checkpoint {ids[-1]}", f"flipped a byte of chunk {ref.hex[:12]}")
+
+
+def _sink_crash_mid_commit(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    point = f"{step.params.get('sink', 'ledger')}.before_commit"
+    faultpoints.arm(env.workdir, point, "kill")
+    return Injected(step, point, "the sink dies after its pre-commit, before its commit",
+                    lambda: faultpoints.disarm(env.workdir, point))
+
+
+def _node_loss(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    index = int(step.target.removeprefix("node:"))
+    env.remove_node(index)
+    return Injected(step, step.target, "raylet and every worker of the node killed",
+                    lambda: env.restore_node(index))
+
+
+def _bug(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    """A deliberately broken build, to prove the checkers catch it (tests only)."""
+    name = str(step.params.get("bug", "ledger.commit_early"))
+    faultpoints.arm(env.workdir, name, "on")
+    return Injected(step, name, f"bug switched on: {name}",
+                    lambda: faultpoints.disarm(env.workdir, name))
+
+
+_TASK = ("task:", "coordinator")
+_LATER = "is part of the vocabulary, but needs {}, which is not built yet"
+
+FAULT_KINDS: dict[str, FaultType] = {f.name: f for f in [
+    FaultType("kill", "SIGKILL of a task's worker process or of the coordinator", _kill,
+              targeted=True, target_prefixes=_TASK),
+    FaultType("pause", "SIGSTOP for `duration` seconds, then SIGCONT", _pause, targeted=True,
+              target_prefixes=_TASK, has_duration=True, duration_required=True),
+    FaultType("etcd_kill", "SIGKILL of an etcd member, restarted after `duration`", _etcd_kill,
+              targeted=True, target_prefixes=("etcd:",), has_duration=True,
+              needs=("etcd_cluster",)),
+    FaultType("etcd_pause", "SIGSTOP of an etcd member for `duration`", _etcd_pause,
+              targeted=True, target_prefixes=("etcd:",), has_duration=True,
+              duration_required=True, needs=("etcd_cluster",)),
+    FaultType("lease_expire", "revoke the coordinator's leader lease in etcd", _lease_expire),
+    FaultType("partition", "blackhole a network link for `duration`", _partition,
+              targeted=True, target_prefixes=("link:",), has_duration=True,
+              duration_required=True, needs=("etcd_proxy",)),
+    FaultType("latency", "delay a link (params ms, jitter_ms) for `duration`", _latency,
+              targeted=True, target_prefixes=("link:",), has_duration=True,
+              duration_required=True, needs=("etcd_proxy",)),
+    FaultType("link_reset", "reset every connection of a link", _link_reset, targeted=True,
+              target_prefixes=("link:",), needs=("etcd_proxy",)),
+    FaultType("storage", "the checkpoint store fails writes (params mode: enospc, eio, slow)",
+              _storage, has_duration=True, duration_required=True),
+    FaultType("corrupt_checkpoint", "flip a byte of a chunk of the newest checkpoint",
+              _corrupt_checkpoint),
+    FaultType("sink_crash_mid_commit", "kill the sink between its pre-commit and its commit",
+              _sink_crash_mid_commit),
+    FaultType("node_loss", "lose a whole Ray node (raylet and workers); it comes back after "
+              "`duration`", _node_loss, targeted=True, target_prefixes=("node:",),
+              has_duration=True, needs=("nodes",)),
+    FaultType("bug", "switch on a deliberately broken build (params bug), for harness tests",
+              _bug),
+    FaultType("site_loss", "lose a whole site", None, targeted=True,
+              available=False, unavailable_reason=_LATER.format("cross-datacenter replication")),
+    FaultType("replication_partition", "cut the replication link", None,
+              has_duration=True, available=False,
+              unavailable_reason=_LATER.format("cross-datacenter replication")),
+    FaultType("poison_labels", "poisoned labels for a window", None, has_duration=True,
+              available=False, unavailable_reason=_LATER.format("model version rollback")),
+    FaultType("clock_skew", "skew the time source of a component", None, targeted=True,
+              has_duration=True, available=False,
+              unavailable_reason=_LATER.format("a project clock read by the runtime")),
+]}
+
+
+def check_fault(step: FaultStep) -> str | None:
+    """Why `step` is not a valid fault, or None."""
+    ftype = FAULT_KINDS.get(step.kind)
+    if ftype is None:
+        return f"unknown fault kind {step.kind!r} (known: {', '.join(sorted(FAULT_KINDS))})"
+    if not ftype.available:
+        return f"fault {step.kind!r} {ftype.unavailable_reason}"
+    if ftype.targeted and not step.target:
+        return f"fault {step.kind!r} needs a target ({' or '.join(ftype.target_prefixes)}...)"
+    if ftype.targeted and not step.target.startswith(ftype.target_prefixes):
+        return (f"fault {step.kind!r}: target {step.target!r} must start with "
+                f"{' or '.join(ftype.target_prefixes)}")
+    if not ftype.targeted and step.target:
+        return f"fault {step.kind!r} takes no target"
+    if step.duration is not None and not ftype.has_duration:
+        return f"fault {step.kind!r} has no duration"
+    if ftype.duration_required and step.duration is None:
+        return f"fault {step.kind!r} needs a duration (seconds)"
+    if step.duration is not None and step.duration <= 0:
+        return "duration must be > 0"
+    if step.at_seconds is None and step.at_lines is None:
+        return "a fault needs 'at' (seconds or lines)"
+    if step.kind == "storage" and step.params.get("mode", "enospc") not in (
+            "enospc", "eio", "slow"):
+        return "storage params mode must be enospc, eio or slow"
+    for prefix in ("etcd:", "node:"):
+        if step.target.startswith(prefix) and not step.target[len(prefix):].isdigit():
+            return f"target {step.target!r}: {prefix}<index>"
+    return None
