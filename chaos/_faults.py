@@ -13,6 +13,7 @@ uses them is refused with the reason, not silently ignored.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -147,10 +148,9 @@ def _pause(env: Environment, step: FaultStep, rng: Any) -> Injected:
     os.kill(pid, signal.SIGSTOP)
 
     def undo() -> None:
-        try:
+        # Killed meanwhile (a supervisor, a health check): nothing to resume.
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass  # killed meanwhile (a supervisor, a health check): nothing to resume
 
     return Injected(step, target, f"SIGSTOP pid {pid}", undo)
 

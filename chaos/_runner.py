@@ -11,7 +11,9 @@ version printed in the report.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import logging
 import os
 import random
 import sqlite3
@@ -20,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import chaos.report as rep
 from chaos._faults import FAULT_KINDS, FaultStep, Injected
@@ -39,6 +41,7 @@ from resilience.jobs.payments.job import PaymentsOptions, payments_pipeline
 __all__ = ["RunOptions", "code_version", "run_scenario"]
 
 _SAMPLE_S = 0.25
+Phase = Literal["before", "after"]
 
 
 def code_version() -> str:
@@ -159,7 +162,7 @@ class ChaosEnvironment:
         self._stack.callback(cluster.shutdown)
         self._nodes[1] = cluster.add_node(num_cpus=1, resources={"zone_b": 100},
                                           node_ip_address="127.0.0.1")
-        ray.init(address=cluster.address, namespace="resilience", logging_level="WARNING",
+        ray.init(address=cluster.address, namespace="resilience", logging_level=logging.WARNING,
                  log_to_driver=False)
         self._stack.callback(ray.shutdown)
 
@@ -445,7 +448,7 @@ def _heal(a: _Active, state: _State, journal: _Journal, t0: float, *, why: str) 
 
 
 def _steady_checks(scenario: Scenario, env: ChaosEnvironment, state: _State, t0: float,
-                   phase: str, journal: _Journal) -> list[rep.SteadyStateResult]:
+                   phase: Phase, journal: _Journal) -> list[rep.SteadyStateResult]:
     out = []
     for check in scenario.steady_state:
         if check.probe == "throughput":
@@ -459,7 +462,7 @@ def _steady_checks(scenario: Scenario, env: ChaosEnvironment, state: _State, t0:
 
 
 def _probe_throughput(check: Any, env: ChaosEnvironment, state: _State, t0: float,
-                      phase: str) -> rep.SteadyStateResult:
+                      phase: Phase) -> rep.SteadyStateResult:
     threshold = f">= {check.threshold:g} events/s"
     if phase == "before":
         first = state.samples[-1]
@@ -475,7 +478,7 @@ def _probe_throughput(check: Any, env: ChaosEnvironment, state: _State, t0: floa
             tail = [s for s in state.samples if s.t >= healed]
             first, last = (tail[0], tail[-1]) if len(tail) >= 2 else (first, last)
     span = last.t - first.t
-    if span <= 0 or last.lines_read <= first.lines_read and last.state == "finished":
+    if span <= 0 or (last.lines_read <= first.lines_read and last.state == "finished"):
         return rep.SteadyStateResult(name="throughput", phase=phase, passed=True,
                                      observed=None, threshold=threshold,
                                      detail="the job had finished: nothing left to measure")
@@ -486,7 +489,7 @@ def _probe_throughput(check: Any, env: ChaosEnvironment, state: _State, t0: floa
                                  detail=f"{rate:,.0f} events/s over {span:.1f}s")
 
 
-def _probe_commit_lag(check: Any, state: _State, phase: str) -> rep.SteadyStateResult:
+def _probe_commit_lag(check: Any, state: _State, phase: Phase) -> rep.SteadyStateResult:
     """Seconds from an event being read to it being committed, over the samples."""
     samples = state.samples
     if phase == "after":
@@ -562,11 +565,11 @@ def _inv_no_split_brain(env: ChaosEnvironment, state: _State,
                         params: Any) -> rep.InvariantResult:
     problems = []
     epochs = [e for _, e, _ in state.leaders]
-    for (t1, e1, h1), (t2, e2, h2) in zip(state.leaders, state.leaders[1:], strict=False):
+    for (_, e1, h1), (t2, e2, h2) in itertools.pairwise(state.leaders):
         if e2 <= e1:
             problems.append(f"leader {h2} at {t2:.1f}s has epoch {e2} <= {e1} of {h1}")
     records = env.checkpoint_records()
-    for a, b in zip(records, records[1:], strict=False):
+    for a, b in itertools.pairwise(records):
         if b["fencing_epoch"] < a["fencing_epoch"]:
             problems.append(f"checkpoint {b['checkpoint_id']} committed under epoch "
                             f"{b['fencing_epoch']} after {a['checkpoint_id']} under "
@@ -589,6 +592,7 @@ def _inv_rpo(env: ChaosEnvironment, state: _State, params: Any) -> rep.Invariant
     if not state.pre_fault_watermarks:
         return rep.InvariantResult(name="rpo", passed=True, detail="no fault injected")
     high = max(w for _, w in state.pre_fault_watermarks)
+    lost: list[Any]
     if env.scenario.job.kind == "keyed_sums":
         with sqlite3.connect(f"file:{env.output_db}?mode=ro", uri=True) as db:
             have = {r[0] for r in db.execute("SELECT DISTINCT i FROM sums WHERE i < ?",
@@ -620,10 +624,18 @@ def _inv_recovery_time(env: ChaosEnvironment, state: _State,
     bound = float(params["max_seconds"])
     times = []
     for f in state.faults:
-        before = next((s.committed for s in reversed(state.samples) if s.t <= f.injected_at), 0)
+        at_fault = next((s for s in reversed(state.samples) if s.t <= f.injected_at),
+                        state.samples[0])
         start = f.healed_at if f.healed_at is not None else f.injected_at
-        after = next((s.t for s in state.samples if s.t >= start and s.committed > before),
-                     None)
+        # A fault that caused a restore counts from the new generation on: a checkpoint
+        # of the old one completing right after the kill is not a recovery.
+        restored = next((s for s in state.samples
+                         if s.t >= f.injected_at and s.generation > at_fault.generation), None)
+        if restored is not None and restored.t - f.injected_at < 120:
+            start = max(start, restored.t)
+        base = next((s.committed for s in reversed(state.samples) if s.t <= start),
+                    at_fault.committed)
+        after = next((s.t for s in state.samples if s.t >= start and s.committed > base), None)
         times.append(None if after is None else round(after - f.injected_at, 2))
     bad = [t for t in times if t is None or t > bound]
     return rep.InvariantResult(

@@ -407,6 +407,7 @@ def _schedule(c: _Checker, node: yaml.Node) -> RandomSchedule:
 
 
 def _invariant(c: _Checker, node: yaml.Node) -> InvariantSpec:
+    params: dict[str, Any]
     if isinstance(node, yaml.ScalarNode):
         name, params = c.value(node, "an invariant", str), {}
     else:
@@ -442,7 +443,7 @@ def load_scenario(path: str | Path) -> Scenario:
 
 def scenario_to_yaml(s: Scenario) -> str:
     """A scenario file that reproduces `s` (its method as a fixed timeline)."""
-    job = {k: v for k, v in vars(s.job).items()}
+    job = dict(vars(s.job))
     doc: dict[str, Any] = {"title": s.title, "description": s.description, "job": job}
     if s.steady_state:
         doc["steady_state"] = [

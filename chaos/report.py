@@ -27,6 +27,7 @@ import itertools
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidReport",
     "InvariantResult",
     "JournalEvent",
+    "Phase",
     "Report",
     "Sample",
     "SteadyStateResult",
@@ -564,6 +566,9 @@ def _write_atomically(path: str | os.PathLike[str], text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
             out.write(text)
+        # mkstemp makes the file private (0600); a report is meant to be read by others
+        # (CI artifacts, a web server), as a file written with open() would be.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -593,14 +598,27 @@ def write_html(report: Report, path: str | os.PathLike[str]) -> Path:
 # HTML: formatting helpers
 
 _DETAIL_LIMIT = 400  # characters of a detail shown in a table cell; the rest is in `title`
-_LABEL_LIMIT = 32  # characters of a fault label on the timeline
+_LABEL_LIMIT = 44  # characters of a fault label on the timeline
 _LABEL_CHAR_PX = 6.4  # rough width of one character at 11px, to keep labels apart
 _MAX_LABEL_ROWS = 4
 
 
+# Characters a page must not carry as they are: C0 controls (ANSI colour codes in a captured
+# log, say) make the inline SVG invalid XML, and lone surrogates (undecodable file names)
+# cannot be written as UTF-8 at all.
+_UNSAFE_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x20:
+        return chr(0x2400 + code)  # the Unicode "control picture" of it, e.g. ␛ for ESC
+    return "\u2421" if code == 0x7F else "\ufffd"
+
+
 def _esc(value: object) -> str:
-    """Escape for both text and attribute values (quotes included)."""
-    return html.escape(str(value), quote=True)
+    """Escape for both text and attribute values (quotes included), controls made visible."""
+    return html.escape(_UNSAFE_CHARACTERS.sub(_visible, str(value)), quote=True)
 
 
 def _px(value: float) -> str:
@@ -689,9 +707,10 @@ def _nice_ticks(lo: float, hi: float, target: int = 8) -> tuple[list[float], flo
         return [lo], 1.0
     step = _nice_step(hi - lo, target)
     first = math.ceil(lo / step - 1e-9)
-    ticks = []
+    ticks: list[float] = []
     index = first
-    while index * step <= hi + step * 1e-9:
+    # The cap only matters for absurd domains, where float rounding could stall the count.
+    while index * step <= hi + step * 1e-9 and len(ticks) < 1000:
         ticks.append(index * step)
         index += 1
     return ticks, step
@@ -806,27 +825,57 @@ def _fault_title(fault: FaultRecord) -> str:
     return "\n".join(lines)
 
 
-def _label_rows(starts: Sequence[float], widths: Sequence[float]) -> list[int]:
-    """A row for each label so that labels in one row do not overlap, greedily, left to right.
+def _label_span(x0: float, text: str) -> tuple[float, float, str]:
+    """Where a label drawn for a band starting at `x0` lies: (left, right, text-anchor).
 
-    Past `_MAX_LABEL_ROWS` rows a label goes to the row that frees up first: with that many
-    faults close together some overlap is the lesser evil compared to an unbounded header.
+    Labels start just right of their band, except near the right edge, where they end just
+    left of it so that they stay inside the SVG.
     """
+    width = len(text) * _LABEL_CHAR_PX
+    if x0 + 3 + width > _WIDTH:
+        return x0 - 3 - width, x0 - 3, "end"
+    return x0 + 3, x0 + 3 + width, "start"
+
+
+def _place_labels(
+    starts: Sequence[float], fulls: Sequence[str], shorts: Sequence[str]
+) -> list[tuple[int, str]]:
+    """A row and a text for each fault label, so that labels in one row do not overlap.
+
+    First, greedily from left to right, each full label goes to the first row with room.
+    When that needs more than `_MAX_LABEL_ROWS` rows, the faults are crowded: labels take
+    the rows in turn and each is cut to the room left before the next label of its row, down
+    to the short label ("#3", the fault's number in the faults table). Only faults closer
+    than a short label's width can then overlap, and an unbounded header would be worse.
+    """
+    order = sorted(range(len(starts)), key=lambda i: starts[i])
     row_ends: list[float] = []
-    rows = [0] * len(starts)
-    for index in sorted(range(len(starts)), key=lambda i: starts[i]):
-        start, end = starts[index], starts[index] + widths[index]
-        free = [r for r, row_end in enumerate(row_ends) if row_end + 6 <= start]
-        if free:
-            row = free[0]
-        elif len(row_ends) < _MAX_LABEL_ROWS:
-            row = len(row_ends)
-            row_ends.append(end)
+    placed = [(0, "")] * len(starts)
+    for index in order:
+        left, right, _ = _label_span(starts[index], fulls[index])
+        row = next((r for r, end in enumerate(row_ends) if end + 6 <= left), len(row_ends))
+        if row == _MAX_LABEL_ROWS:
+            break
+        if row == len(row_ends):
+            row_ends.append(right)
+        row_ends[row] = right
+        placed[index] = (row, fulls[index])
+    else:
+        return placed
+
+    for rank, index in enumerate(order):
+        following = rank + _MAX_LABEL_ROWS
+        limit = starts[order[following]] - 6 if following < len(order) else float(_WIDTH)
+        room = int((limit - starts[index] - 3) // _LABEL_CHAR_PX)
+        full, short = fulls[index], shorts[index]
+        if room >= len(full):
+            text = full
+        elif room > len(short) + 2:
+            text = full[: room - 1] + "…"
         else:
-            row = min(range(len(row_ends)), key=lambda r: row_ends[r])
-        row_ends[row] = max(row_ends[row], end)
-        rows[index] = row
-    return rows
+            text = short
+        placed[index] = (rank % _MAX_LABEL_ROWS, text)
+    return placed
 
 
 def _timeline_svg(report: Report) -> str:
@@ -836,18 +885,26 @@ def _timeline_svg(report: Report) -> str:
     right = _WIDTH - _RIGHT
     x = _Scale(t_lo, t_hi, _LEFT, right)
 
-    labels = [_truncate(_fault_label(f), _LABEL_LIMIT) for f in report.faults]
+    # Labels carry the fault's number in the faults table, so a crowded timeline that falls
+    # back to "#3" alone still points to the row that explains it.
     starts = [x(f.injected_at) for f in report.faults]
-    widths = [len(label) * _LABEL_CHAR_PX for label in labels]
-    rows = _label_rows(starts, widths)
-    row_count = max(rows, default=-1) + 1
+    placed = _place_labels(
+        starts,
+        [
+            _truncate(f"#{n} {_fault_label(f)}", _LABEL_LIMIT)
+            for n, f in enumerate(report.faults, start=1)
+        ],
+        [f"#{n}" for n in range(1, len(report.faults) + 1)],
+    )
+    row_count = max((row for row, _ in placed), default=-1) + 1
     label_top = 8
     plot_top = label_top + row_count * 15 + 10
     plot_bottom = plot_top + _PLOT_HEIGHT
     height = plot_bottom + 74
 
     peak = max((max(s.lines_read, s.committed) for s in samples), default=0)
-    y_max = _nice_ceiling(float(peak))
+    # 5% headroom keeps the lines off the frame, where they would be hard to see.
+    y_max = _nice_ceiling(peak * 1.05)
     y = _Scale(0.0, y_max, plot_bottom, plot_top)
 
     colours = _fault_colours(report.faults)
@@ -861,17 +918,18 @@ def _timeline_svg(report: Report) -> str:
     ]
 
     # Grid and y ticks first, so everything else draws over them.
-    y_ticks, y_step = _nice_ticks(0.0, y_max, 5)
+    y_ticks, _ = _nice_ticks(0.0, y_max, 5)
     for value in y_ticks:
         py = y(value)
         out.append(
             f'<line x1="{_LEFT}" y1="{_px(py)}" x2="{right}" y2="{_px(py)}" stroke="#eef2f7"/>'
         )
-        label = _fmt_count(value) if y_step >= 1 else _tick_label(value, y_step)
-        out.append(
-            f'<text x="{_LEFT - 6}" y="{_px(py + 4)}" text-anchor="end" fill="#475569">'
-            f"{_esc(label)}</text>"
-        )
+        # Counts are whole events: no "0.2 events" tick, and no scale at all without data.
+        if samples and value == int(value):
+            out.append(
+                f'<text x="{_LEFT - 6}" y="{_px(py + 4)}" text-anchor="end" fill="#475569">'
+                f"{_esc(_fmt_count(value))}</text>"
+            )
     x_ticks, x_step = _nice_ticks(t_lo, t_hi, 10)
     for value in x_ticks:
         px = x(value)
@@ -889,7 +947,7 @@ def _timeline_svg(report: Report) -> str:
         )
 
     # Fault bands and their labels.
-    for fault, label, row in zip(report.faults, labels, rows, strict=True):
+    for fault, (row, label) in zip(report.faults, placed, strict=True):
         colour = colours[fault.kind]
         x0 = x(fault.injected_at)
         x1 = x(fault.healed_at if fault.healed_at is not None else t_hi)
@@ -908,11 +966,8 @@ def _timeline_svg(report: Report) -> str:
             f'<line x1="{_px(x0)}" y1="{label_y + 3}" x2="{_px(x0)}" y2="{plot_top}" '
             f'stroke="{colour}" stroke-opacity="0.6"/>'
         )
-        # Labels near the right edge are anchored at their end so they stay inside the SVG.
-        if x0 + len(label) * _LABEL_CHAR_PX > _WIDTH:
-            anchor, label_x = "end", x0 - 3
-        else:
-            anchor, label_x = "start", x0 + 3
+        label_left, label_right, anchor = _label_span(x0, label)
+        label_x = label_right if anchor == "end" else label_left
         out.append(
             f'<text class="fault-label" x="{_px(label_x)}" y="{label_y}" text-anchor="{anchor}" '
             f'fill="{colour}" font-weight="600"><title>{_esc(_fault_title(fault))}</title>'
@@ -1119,7 +1174,8 @@ figcaption { color: #475569; font-size: 13px; padding: 4px 4px 0; }
 table { border-collapse: collapse; width: 100%; background: #fff; table-layout: auto; }
 th, td { border: 1px solid #e2e8f0; padding: 5px 8px; text-align: left; vertical-align: top; }
 th { background: #f1f5f9; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.kv th { width: 1%; white-space: nowrap; }
+td.num { width: 1%; text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td .text { white-space: pre-wrap; overflow-wrap: anywhere; }
 .truncated { cursor: help; }
 .more { color: #64748b; font-style: italic; }
@@ -1148,14 +1204,18 @@ def _table(caption: str, headers: Sequence[str], rows: Sequence[str], empty: str
 
 
 def _invariants_table(report: Report) -> str:
-    rows = [
-        f'<tr class="{"" if inv.passed else "failed-row"}"><td>{_long_text(inv.name, 120)}</td>'
-        f"{_verdict_cell(inv.passed)}<td>{_long_text(inv.detail)}</td>"
-        f"<td>{_long_text(_compact_json(inv.data)) if inv.data else ''}</td></tr>"
-        for inv in report.invariants
-    ]
+    rows = []
+    for inv in report.invariants:
+        # The data (counts, sample ids) goes under the detail: a column of its own would be
+        # too narrow for JSON.
+        data = f"<div><code>{_long_text(_compact_json(inv.data), 300)}</code></div>"
+        rows.append(
+            f'<tr class="{"" if inv.passed else "failed-row"}">'
+            f"<td>{_long_text(inv.name, 120)}</td>{_verdict_cell(inv.passed)}"
+            f"<td>{_long_text(inv.detail)}{data if inv.data else ''}</td></tr>"
+        )
     return _table(
-        "Invariants", ("invariant", "result", "detail", "data"), rows, "No invariant was checked."
+        "Invariants", ("invariant", "result", "detail"), rows, "No invariant was checked."
     )
 
 
@@ -1223,7 +1283,7 @@ def _job_table(report: Report) -> str:
     ]
     if not rows:
         return '<p class="empty">No job summary was recorded.</p>'
-    return "<table><tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
+    return '<table class="kv"><tbody>\n' + "\n".join(rows) + "\n</tbody></table>"
 
 
 def _throughput_summary(report: Report) -> str:

@@ -4,6 +4,8 @@ The public surface is what `__all__` lists (pinned by tests/test_exports.py);
 modules whose name starts with an underscore are machinery.
 """
 
+from typing import TYPE_CHECKING
+
 from resilience._ray import apply_ray_env
 
 # Ray reads these when it is first imported (ray_constants), so they must be set
@@ -81,6 +83,10 @@ __all__ = [
     "restart",
     "standby",
 ]
+
+
+if TYPE_CHECKING:
+    from resilience._runtime._driver import PipelineRunner
 
 
 def __getattr__(name: str) -> object:

@@ -1,0 +1,101 @@
+"""Scenario files: every shipped one validates; a bad one is refused with file, line, reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chaos import FAULT_KINDS, InvalidScenario, load_scenario, parse_scenario, scenario_to_yaml
+from resilience.cli import main
+
+SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "scenarios").glob("*.yaml"))
+REQUIRED = ["actor-crash", "repeated-crashes", "coordinator-crash", "node-loss",
+            "sink-crash-mid-commit", "storage-full", "corrupt-checkpoint", "etcd-member-loss",
+            "java-actor-crash"]
+
+
+def test_the_required_scenarios_ship() -> None:
+    names = {p.stem for p in SCENARIOS}
+    assert set(REQUIRED) <= names, sorted(set(REQUIRED) - names)
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_every_shipped_scenario_validates_and_round_trips(path: Path) -> None:
+    scenario = load_scenario(path)
+    assert scenario.invariants
+    assert scenario.plan(0) or scenario.schedule is not None
+    again = parse_scenario(scenario_to_yaml(scenario.with_method(scenario.plan(3))))
+    assert [s.to_yaml() for s in again.plan(0)] == [s.to_yaml() for s in scenario.plan(3)]
+    assert again.job == scenario.job
+    assert again.invariants == tuple(
+        type(i)(i.name, i.params, again.invariants[n].line)
+        for n, i in enumerate(scenario.invariants))
+
+
+BAD = [
+    ("title: x\ninvariants: [exactly_once]\nmethod:\n  - {fault: explode, at: {seconds: 1}}\n",
+     4, "unknown fault kind 'explode'"),
+    ("title: x\ninvariants: [exactly_once]\nmethod:\n  - {fault: kill, at: {seconds: 1}}\n",
+     4, "needs a target"),
+    ("title: x\ninvariants: [exactly_once]\nmethod:\n  - {fault: pause, target: 'task:a', "
+     "at: {seconds: 1}}\n", 4, "needs a duration"),
+    ("title: x\njob: {events: 10}\ninvariants: [exactly_once]\n", 2, "job.events must be"),
+    ("title: x\njob: {colour: red}\ninvariants: [exactly_once]\n", 2, "unknown key 'colour'"),
+    ("title: x\ninvariants: [consistency]\n", 2, "unknown invariant 'consistency'"),
+    ("title: x\ninvariants: []\n", 2, "is empty"),
+    ("title: x\n", 1, "missing 'invariants'"),
+    ("title: x\ninvariants: [exactly_once]\nmethod:\n  - {fault: site_loss, target: 'site:b', "
+     "at: {seconds: 1}}\n", 4, "needs cross-datacenter replication"),
+    ("title: x\ninvariants: [replication_lag]\n", 2, "not built yet"),
+    ("title: [unclosed\n", 2, "not valid YAML"),
+    ("title: x\ninvariants: [exactly_once]\nmethod:\n  - {fault: kill, target: 'task:a', "
+     "at: {seconds: 1, lines: 4}}\n", 4, "give one of seconds or lines"),
+    ("title: x\ninvariants: [exactly_once]\nsteady_state:\n  - {probe: latency}\n", 4,
+     "unknown steady-state probe"),
+    ("title: x\ninvariants: [exactly_once]\nmethod: []\nschedule: {faults: 1}\n", 4,
+     "either 'method'"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "reason"), BAD)
+def test_a_bad_scenario_names_file_line_and_reason(text: str, line: int, reason: str) -> None:
+    with pytest.raises(InvalidScenario) as info:
+        parse_scenario(text, source="bad.yaml")
+    assert info.value.line == line, str(info.value)
+    assert reason in str(info.value)
+    assert str(info.value).startswith(f"bad.yaml:{line}: ")
+
+
+def test_the_cli_refuses_an_invalid_file_with_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD[0][0])
+    assert main(["chaos", "run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:4: unknown fault kind 'explode'" in err
+    assert "Traceback" not in err
+
+
+def test_dry_run_prints_the_plan_and_injects_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = Path(__file__).resolve().parents[2] / "scenarios" / "random-kills.yaml"
+    assert main(["chaos", "run", str(path), "--seed", "5", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: nothing injected" in out
+    assert out.count("  - ") == 3  # the three faults drawn from seed 5
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 10_000))
+def test_a_random_schedule_replays_from_its_seed(seed: int) -> None:
+    path = Path(__file__).resolve().parents[2] / "scenarios" / "random-kills.yaml"
+    scenario = load_scenario(path)
+    assert scenario.plan(seed) == scenario.plan(seed)
+    for step in scenario.plan(seed):
+        assert step.kind in FAULT_KINDS
+        assert 0.5 <= (step.at_seconds or 0) <= 6
