@@ -23,11 +23,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) java
 	$(BIN)/resilience demo --workdir $(DEMO_DIR) --events $(DEMO_EVENTS)
 
 # The whole suite: lint, types, then every test but the long soaks (marker `slow`).
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck java
 	$(BIN)/pytest -m "not slow" --durations=15
 
 unit: $(STAMP)
@@ -38,6 +38,27 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The Java library (java/src) against the ray_dist.jar of the venv's Ray wheel. Rebuilt
+# only when a source (or the installed Ray) is newer than the jar; skipped, not failed,
+# without a JDK (tests marked `java` then skip with the reason).
+.PHONY: java
+JAVA_SRC   := $(shell find java/src -name '*.java' 2>/dev/null)
+JAVA_BUILD := build/java
+JAVA_JAR   := $(JAVA_BUILD)/fusion-resilience.jar
+ifeq ($(and $(shell command -v javac 2>/dev/null),$(shell command -v jar 2>/dev/null)),)
+java:
+	@echo "java: javac/jar (JDK 17+) not found on PATH; skipping the Java build (tests marked java will skip)"
+else
+java: $(JAVA_JAR)
+endif
+
+$(JAVA_JAR): $(JAVA_SRC) $(STAMP)
+	@rm -rf $(JAVA_BUILD)/classes && mkdir -p $(JAVA_BUILD)/classes
+	javac --release 17 -encoding UTF-8 -Xlint:all -Werror -d $(JAVA_BUILD)/classes \
+	  -cp "$$(ls $(VENV)/lib/python*/site-packages/ray/jars/ray_dist.jar | head -n 1)" $(JAVA_SRC)
+	jar --create --file $@.tmp -C $(JAVA_BUILD)/classes .
+	@mv $@.tmp $@
 
 soak: $(STAMP)
 	$(BIN)/pytest -m slow --timeout=3600

@@ -93,7 +93,8 @@ def explore(
             return False  # budget spent: no more runs, the smallest failure found stands
         result.runs += 1
         report = run_scenario(
-            scenario.with_method(steps, title=f"{scenario.title} (explore run {result.runs})"),
+            scenario.with_method([*scenario.method, *steps],
+                                 title=f"{scenario.title} (explore run {result.runs})"),
             RunOptions(seed=seed, workdir=base / f"run-{result.runs:03d}", progress=False,
                        etcd=etcd))
         result.faults_injected += len(report.faults)
@@ -131,7 +132,8 @@ def explore(
     result.seconds = time.time() - started
     if best:
         result.minimal = best[0]
-        minimal = scenario.with_method(best[0], title=f"{scenario.title} (minimal failure)")
+        minimal = scenario.with_method([*scenario.method, *best[0]],
+                                       title=f"{scenario.title} (minimal failure)")
         path = out or base / "minimal-failure.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"# Found by `resilience chaos explore` (seed {seed}); replay with:\n"

@@ -66,11 +66,18 @@ class Environment(Protocol):
     workdir: Any
     job_id: str
 
+    @property
+    def job_dir(self) -> Any:
+        """The job's own workdir: its fault points and checkpoint store live there."""
+
     def task_pid(self, task: str) -> int: ...
 
     def task_names(self) -> list[str]: ...
 
     def coordinator_pid(self) -> int: ...
+
+    def helper_pids(self, kind: str) -> dict[str, int]:
+        """Task -> pid of the `kind` process its operator runs (``"java"``: its JVM)."""
 
     def etcd_member(self, index: int) -> Any: ...
 
@@ -133,6 +140,19 @@ def _resolve_task(env: Environment, target: str, rng: Any) -> str:
 def _pid_of(env: Environment, target: str, rng: Any) -> tuple[str, int]:
     if target == "coordinator":
         return "coordinator", env.coordinator_pid()
+    if target.startswith("java:"):
+        # The JVM of a Java stage (task balances-0 with balances_stage: java).
+        jvms = env.helper_pids("java")
+        name = target.removeprefix("java:")
+        if name == "*":
+            if not jvms:
+                raise ValueError("no task of this job runs a Java actor "
+                                 "(set job.balances_stage: java)")
+            name = str(rng.choice(sorted(jvms)))
+        if name not in jvms:
+            raise ValueError(f"task {name!r} runs no Java actor (tasks with one: "
+                             f"{', '.join(sorted(jvms)) or 'none'})")
+        return f"java:{name}", jvms[name]
     task = _resolve_task(env, target, rng)
     return f"task:{task}", env.task_pid(task)
 
@@ -205,13 +225,13 @@ def _link_reset(env: Environment, step: FaultStep, rng: Any) -> Injected:
 def _storage(env: Environment, step: FaultStep, rng: Any) -> Injected:
     mode = str(step.params.get("mode", "enospc"))
     action = f"slow {float(step.params.get('seconds', 0.5))}" if mode == "slow" else mode
-    faultpoints.arm(env.workdir, faultpoints.STORE_WRITE, action)
+    faultpoints.arm(env.job_dir, faultpoints.STORE_WRITE, action)
     return Injected(step, "checkpoint store", f"every write: {action}",
-                    lambda: faultpoints.disarm(env.workdir, faultpoints.STORE_WRITE))
+                    lambda: faultpoints.disarm(env.job_dir, faultpoints.STORE_WRITE))
 
 
 def _corrupt_checkpoint(env: Environment, step: FaultStep, rng: Any) -> Injected:
-    store = FileSystemStore(env.workdir / "checkpoints", job_id=env.job_id)
+    store = FileSystemStore(env.job_dir / "checkpoints", job_id=env.job_id)
     ids = store.list_checkpoints()
     if not ids:
         return Injected(step, "checkpoint store", "no checkpoint yet: nothing corrupted")
@@ -229,9 +249,9 @@ def _corrupt_checkpoint(env: Environment, step: FaultStep, rng: Any) -> Injected
 
 def _sink_crash_mid_commit(env: Environment, step: FaultStep, rng: Any) -> Injected:
     point = f"{step.params.get('sink', 'ledger')}.before_commit"
-    faultpoints.arm(env.workdir, point, "kill")
+    faultpoints.arm(env.job_dir, point, "kill")
     return Injected(step, point, "the sink dies after its pre-commit, before its commit",
-                    lambda: faultpoints.disarm(env.workdir, point))
+                    lambda: faultpoints.disarm(env.job_dir, point))
 
 
 def _node_loss(env: Environment, step: FaultStep, rng: Any) -> Injected:
@@ -244,17 +264,17 @@ def _node_loss(env: Environment, step: FaultStep, rng: Any) -> Injected:
 def _bug(env: Environment, step: FaultStep, rng: Any) -> Injected:
     """A deliberately broken build, to prove the checkers catch it (tests only)."""
     name = str(step.params.get("bug", "ledger.commit_early"))
-    faultpoints.arm(env.workdir, name, "on")
+    faultpoints.arm(env.job_dir, name, "on")
     return Injected(step, name, f"bug switched on: {name}",
-                    lambda: faultpoints.disarm(env.workdir, name))
+                    lambda: faultpoints.disarm(env.job_dir, name))
 
 
-_TASK = ("task:", "coordinator")
+_TASK = ("task:", "java:", "coordinator")
 _LATER = "is part of the vocabulary, but needs {}, which is not built yet"
 
 FAULT_KINDS: dict[str, FaultType] = {f.name: f for f in [
-    FaultType("kill", "SIGKILL of a task's worker process or of the coordinator", _kill,
-              targeted=True, target_prefixes=_TASK),
+    FaultType("kill", "SIGKILL of a task's worker process, a Java stage's JVM or the "
+              "coordinator", _kill, targeted=True, target_prefixes=_TASK),
     FaultType("pause", "SIGSTOP for `duration` seconds, then SIGCONT", _pause, targeted=True,
               target_prefixes=_TASK, has_duration=True, duration_required=True),
     FaultType("etcd_kill", "SIGKILL of an etcd member, restarted after `duration`", _etcd_kill,

@@ -178,7 +178,7 @@ class ChaosEnvironment:
         return payments_pipeline(PaymentsOptions(
             self.input_file, self.workdir / "job", parallelism=job.parallelism,
             checkpoint_interval_s=job.checkpoint_interval, job_id=self.job_id,
-            alignment_timeout_s=job.alignment_timeout,
+            alignment_timeout_s=job.alignment_timeout, balances_stage=job.balances_stage,
             balances_resources={"zone_b": 0.01} if "nodes" in self.needs else None))
 
     def stop(self) -> None:
@@ -198,6 +198,10 @@ class ChaosEnvironment:
 
     def task_pid(self, task: str) -> int:
         return int(self.runner.pids()[task])
+
+    def helper_pids(self, kind: str) -> dict[str, int]:
+        return {task: pids[kind] for task, pids in self.runner.helper_pids().items()
+                if kind in pids}
 
     def coordinator_pid(self) -> int:
         return int(self.runner.coordinator_pid())
@@ -282,6 +286,7 @@ class _State:
     pre_fault_watermarks: list[tuple[float, int]] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
     aborted: str | None = None
+    restores: int = 0  # failure restores seen (not the job's start)
     steady: list[rep.SteadyStateResult] = field(default_factory=list)
 
 
@@ -356,7 +361,7 @@ def _run_method(scenario: Scenario, env: ChaosEnvironment, plan: list[FaultStep]
     start = time.time()
     pending = list(plan)
     last_progress = (time.time(), -1)
-    restores_seen = 0
+    restores_seen: set[int] = set()
     while True:
         st = _sample(env, state, t0)
         now = time.time()
@@ -370,12 +375,13 @@ def _run_method(scenario: Scenario, env: ChaosEnvironment, plan: list[FaultStep]
             if a.heal_at is not None and now >= a.heal_at:
                 _heal(a, state, journal, t0, why="duration over")
                 active.remove(a)
-        restores = len(st.get("restores", [])) - 1
-        if restores > restores_seen:
-            for r in st["restores"][restores_seen + 1:]:
+        for r in st.get("restores", []):
+            # Keyed by generation: a restarted coordinator starts a fresh list.
+            if r["reason"] != "job start" and r["generation"] not in restores_seen:
+                restores_seen.add(r["generation"])
                 journal("restore", f"restored from checkpoint {r['from_checkpoint']} in "
                                    f"{r['duration_s']:.2f}s: {r['reason'][:100]}")
-            restores_seen = restores
+        restores = state.restores = len(restores_seen)
         if st.get("finished") or st.get("failed"):
             if pending:
                 journal("note", f"the job ended before {len(pending)} planned faults")
@@ -528,8 +534,9 @@ def _finish(scenario: Scenario, env: ChaosEnvironment, opts: RunOptions, state: 
         steady_state=state.steady, samples=state.samples, journal=journal.events,
         job={"job_id": env.job_id, "kind": scenario.job.kind, "events": scenario.job.events,
              "parallelism": scenario.job.parallelism, "workdir": str(workdir),
-             "finished": bool(st.get("finished")), "restores": len(st.get("restores", [])) - 1,
+             "finished": bool(st.get("finished")), "restores": state.restores,
              "checkpoints": st.get("checkpoints_completed", 0),
+             "checkpoints_failed": st.get("checkpoints_failed", 0),
              "fencing_epoch": st.get("fencing_epoch", 0)},
         replay=opts.replay or f"resilience chaos run {scenario.source} --seed {opts.seed}",
     )

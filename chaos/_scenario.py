@@ -14,7 +14,8 @@ and rollbacks; Jepsen's independent checkers)::
       - {probe: no_progress, seconds: 90}
     invariants: [exactly_once, no_split_brain, {rpo: {max_lost: 0}}]
 
-Instead of `method`, a `schedule` draws faults at random from a seeded distribution.
+A `schedule` draws faults at random from a seeded distribution, in addition to the
+fixed ones of `method` (if any).
 Every injected fault is healed at the end, whatever happens (the rollback is implicit
 and cannot be switched off).
 """
@@ -93,6 +94,7 @@ class JobSpec:
     seed: int = 1
     alignment_timeout: float | None = 2.0
     timeout_s: float = 300.0
+    balances_stage: str = "python"  # payments only: "java" runs the stage as a Java actor
 
 
 @dataclass(frozen=True)
@@ -158,10 +160,10 @@ class Scenario:
     source: str = "<string>"
 
     def plan(self, seed: int | None = None) -> list[FaultStep]:
-        """The faults this run injects: the method, or the schedule drawn with `seed`."""
-        if self.schedule is not None:
-            return self.schedule.draw(seed)
-        return list(self.method)
+        """The faults this run injects: the method's, plus the schedule's drawn with `seed`."""
+        drawn = self.schedule.draw(seed) if self.schedule is not None else []
+        return sorted([*self.method, *drawn],
+                      key=lambda s: (s.at_seconds is None, s.at_seconds or 0, s.at_lines or 0))
 
     def needs(self) -> set[str]:
         """Environment features the faults need (etcd_cluster, etcd_proxy, nodes)."""
@@ -174,6 +176,7 @@ class Scenario:
         return out
 
     def with_method(self, steps: Sequence[FaultStep], title: str | None = None) -> Scenario:
+        """The same scenario with a fixed timeline instead of a random schedule."""
         return replace(self, method=tuple(steps), schedule=None, title=title or self.title)
 
 
@@ -191,6 +194,8 @@ _JOB_FIELDS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "alignment_timeout": ((int, float, type(None)),
                           lambda v: None if v is None or v >= 0 else "must be >= 0 or null"),
     "timeout_s": ((int, float), lambda v: None if v > 0 else "must be > 0"),
+    "balances_stage": (str, lambda v: None if v in ("python", "java")
+                       else "must be python or java"),
 }
 
 
@@ -265,9 +270,6 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
     job = _job(c, top["job"][1]) if "job" in top else JobSpec()
     steady = tuple(_steady(c, n) for n in c.sequence(top["steady_state"][1], "steady_state")) \
         if "steady_state" in top else ()
-    if "method" in top and "schedule" in top:
-        raise c.fail(top["schedule"][0], "give either 'method' (a timeline) or 'schedule' "
-                                         "(random faults), not both")
     method = tuple(_fault(c, n) for n in c.sequence(top["method"][1], "method")) \
         if "method" in top else ()
     schedule = _schedule(c, top["schedule"][1]) if "schedule" in top else None

@@ -527,10 +527,13 @@ class _Core:
             self._accept_task = asyncio.create_task(self._accept_loop())
 
     async def _stop_accepting(self) -> None:
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-            await asyncio.wait([self._accept_task])
-            self._accept_task = None
+        task, self._accept_task = self._accept_task, None
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("proxy %s stopped accepting", self.name, exc_info=task.exception())
 
     async def _accept_loop(self) -> None:
         assert self._listen_sock is not None

@@ -295,6 +295,38 @@ class KeyedState:
         self._deleted = set()
         return StateSnapshot(self, checkpoint_id, changed, deleted, len(values))
 
+    def begin_detached_snapshot(
+        self,
+        checkpoint_id: int,
+        changed: Mapping[str, Any],
+        deleted: Iterable[str],
+        total_keys: int,
+    ) -> StateSnapshot:
+        """`begin_snapshot` for state held elsewhere (a Java actor, an external store).
+
+        The caller tracks what changed since its previous snapshot and gives it here;
+        the chain, compaction and chunk format are the same as for in-process state,
+        so either side can read the checkpoint. A failed write needs no
+        `snapshot_failed`: the next write carries the lost delta.
+        """
+        return StateSnapshot(self, checkpoint_id, dict(changed), set(deleted), total_keys)
+
+    def restore_detached(
+        self, store: _ChunkStore, handles: Sequence[StateHandle]
+    ) -> tuple[dict[str, Any], bool]:
+        """`restore` for state held elsewhere: returns ``(values, needs_full)``.
+
+        The values are handed to the caller (who loads them where the state lives) and
+        not kept here. ``needs_full`` is True when the restore starts a new chain (other
+        key groups, several handles): the caller's next detached snapshot must then give
+        every key as changed, not only those changed since.
+        """
+        self.restore(store, handles)
+        values, self._values = self._values, {}
+        needs_full = bool(self._dirty)
+        self._dirty = set()
+        return values, needs_full
+
     def snapshot_failed(self, snap: StateSnapshot) -> None:
         """Give the keys of a delta that was not written back to the next snapshot."""
         for key in snap.changed:

@@ -82,7 +82,7 @@ def ray_session(
     num_cpus: int | None = None,
     temp_dir: str | None = None,
     include_dashboard: bool = False,
-    code_search_path: Sequence[str] = (),
+    code_search_path: Sequence[str] | None = None,
     object_store_memory: int | None = 512 * 1024 * 1024,
     log_to_driver: bool = False,
 ) -> Iterator[RaySession]:
@@ -90,6 +90,9 @@ def ray_session(
 
     A session this call started is shut down when the context exits (only ours:
     never `ray stop`). An already-initialized session is left running.
+    `code_search_path` None (the default) puts the project's Java library on it when
+    Java is available (`resilience._java`), so Java stages and actors can run; ``()``
+    starts a Python-only session.
     """
     apply_ray_env()
     import ray
@@ -109,6 +112,10 @@ def ray_session(
         "logging_level": logging.WARNING,
         "log_to_driver": log_to_driver,
     }
+    if code_search_path is None:
+        from resilience._java import java_code_search_path_if_available
+
+        code_search_path = java_code_search_path_if_available()
     if code_search_path:
         kwargs["job_config"] = ray.job_config.JobConfig(code_search_path=list(code_search_path))
     if address:

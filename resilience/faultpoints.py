@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["STORE_WRITE", "arm", "armed", "disarm", "hit", "io_hook"]
+__all__ = ["STORE_WRITE", "arm", "armed", "disarm", "hit", "io_hook", "take"]
 
 STORE_WRITE = "store.write"
 """The fault point of every checkpoint store write."""
@@ -86,6 +86,23 @@ def armed(workdir: Path, name: str) -> bool:
         return _path(workdir, name).read_text().strip() == "on"
     except FileNotFoundError:
         return False
+
+
+def take(workdir: Path, name: str) -> str | None:
+    """The action of fault point `name` if it is armed, disarming it; else None.
+
+    For one-shot faults that act on something other than the calling process (a Java
+    stage kills its JVM, or makes its next restore throw): exactly one caller gets it.
+    """
+    if not _maybe_armed(workdir):
+        return None
+    p = _path(workdir, name)
+    try:
+        action = p.read_text().strip()
+        p.unlink()
+    except FileNotFoundError:
+        return None
+    return action
 
 
 def io_hook(workdir: Path, name: str = STORE_WRITE) -> Callable[[str, int], None]:

@@ -99,6 +99,12 @@ class PipelineRunner:
         refs = {tid: h.pid.remote() for tid, h in self.tasks.items()}
         return {tid: int(ray.get(ref, timeout=timeout_s)) for tid, ref in refs.items()}
 
+    def helper_pids(self, timeout_s: float = 30.0) -> dict[str, dict[str, int]]:
+        """Per task, the other processes its operator runs (``{"java": pid}``), if any."""
+        refs = {tid: h.helper_pids.remote() for tid, h in self.tasks.items()}
+        out = {tid: dict(ray.get(ref, timeout=timeout_s)) for tid, ref in refs.items()}
+        return {tid: pids for tid, pids in out.items() if pids}
+
     def task_stats(self, timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
         """Each task's counters (records in/out, snapshots, CPU seconds of its process)."""
         refs = {tid: h.ping.remote() for tid, h in self.tasks.items()}

@@ -65,7 +65,10 @@ class SinkOperator:
     def process(self, channel: int, records: Sequence[Any]) -> list[Any]:
         row = self.row
         rows = records if row is _identity else [row(r) for r in records]
-        if self._autocommit:
+        if self._autocommit or (self._ctx is not None and faultpoints.armed(
+                self._ctx.workdir, f"{self.name}.commit_early")):
+            # (The second case is a deliberately broken build, switched on only by the
+            # harness's own tests: a sink that commits before the checkpoint completes.)
             with self._lock:
                 # Batch ids of their own: no checkpoint id will ever need to commit here
                 # except the final one, which then has nothing left to commit.
@@ -84,11 +87,6 @@ class SinkOperator:
             self._hit("before_precommit")
             with self._lock:
                 sink.precommit(checkpoint_id, rows)
-                if self._ctx is not None and faultpoints.armed(
-                        self._ctx.workdir, f"{self.name}.commit_early"):
-                    # A deliberately broken build (harness tests only): committing before
-                    # the checkpoint is complete, which a restore then replays twice.
-                    sink.commit(checkpoint_id, self._epoch, 0)
             return WrittenSnapshot((), {"precommitted": checkpoint_id, "rows": len(rows),
                                         **self.metadata})
 

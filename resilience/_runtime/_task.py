@@ -223,6 +223,11 @@ class TaskActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def helper_pids(self) -> dict[str, int]:
+        """Other processes the operator runs (a Java stage's JVM): ``{name: pid}``."""
+        get = getattr(self.op, "helper_pids", None)
+        return {str(k): int(v) for k, v in get().items()} if callable(get) else {}
+
     def ping(self) -> dict[str, Any]:
         return {
             "task_id": self.spec.task_id,

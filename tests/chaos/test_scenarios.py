@@ -56,7 +56,7 @@ BAD = [
     ("title: x\ninvariants: [exactly_once]\nsteady_state:\n  - {probe: latency}\n", 4,
      "unknown steady-state probe"),
     ("title: x\ninvariants: [exactly_once]\nmethod: []\nschedule: {faults: 1}\n", 4,
-     "either 'method'"),
+     "schedule needs 'kinds'"),
 ]
 
 

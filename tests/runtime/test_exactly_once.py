@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from resilience import _faultpoints as faultpoints
+from resilience import faultpoints
 from resilience._runtime._driver import PipelineRunner
 from resilience.checker import verify
 from resilience.jobs.payments.generator import generate

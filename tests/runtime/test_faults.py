@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from checkpoint import FileSystemStore
-from resilience import _faultpoints as faultpoints
+from resilience import faultpoints
 from resilience._runtime._driver import PipelineRunner
 from resilience.checker import verify
 from resilience.jobs.payments.generator import generate

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 import ray
 
-from resilience import FailoverExhausted
-from resilience import _faultpoints as faultpoints
+from resilience import FailoverExhausted, faultpoints
 from resilience._actors import StateNotSerializable, resilient
 from resilience.policies import every, restart, standby
 from resilience.testing import wait_until

@@ -421,6 +421,23 @@ class PaymentsOptions:
     run_id: str = ""
     alignment_timeout_s: float | None = 2.0
     balances_resources: dict[str, float] | None = None  # pin the stage (node-loss drills)
+    balances_stage: str = "python"  # or "java": the same stage as a Java actor
+
+    def __post_init__(self) -> None:
+        if self.balances_stage not in BALANCES_STAGES:
+            raise ValueError(f"balances_stage must be one of {', '.join(BALANCES_STAGES)}, "
+                             f"got {self.balances_stage!r}")
+
+
+BALANCES_STAGES = ("python", "java")
+
+
+def _balances_factory(kind: str) -> Any:
+    if kind == "java":
+        from resilience.jobs.payments.java_balances import JavaBalances
+
+        return JavaBalances
+    return Balances
 
 
 def payments_pipeline(opts: PaymentsOptions) -> PipelineSpec:
@@ -446,8 +463,9 @@ def payments_pipeline(opts: PaymentsOptions) -> PipelineSpec:
             StageSpec("source", partial(PaymentsSource, str(opts.input_path.resolve())),
                       is_source=True),
             StageSpec("model", partial(FraudModel, opts.label_delay), upstream=["source"]),
-            StageSpec("balances", Balances, parallelism=opts.parallelism, upstream=["model"],
-                      key=leg_account, resources=opts.balances_resources or {}),
+            StageSpec("balances", _balances_factory(opts.balances_stage),
+                      parallelism=opts.parallelism, upstream=["model"], key=leg_account,
+                      resources=opts.balances_resources or {}),
             StageSpec("ledger", LedgerSink, upstream=["balances"], commits=True),
         ],
     )

@@ -1,0 +1,191 @@
+"""The payments job's balance stage in Java (``--balances-stage java``).
+
+`JavaBalances` is a pipeline operator like `Balances`, but the per-account balances
+live in a Java actor (``io.fusionresilience.BalancesStage``, java/src) that the
+operator creates and drives through Ray's cross-language calls. The Java actor takes
+part in everything a Python stage does:
+
+* barriers: the hosting task aligns them and calls `snapshot`, which asks Java for the
+  accounts changed since the previous snapshot (``snapshotDelta``);
+* incremental checkpoints: those deltas go into the same keyed-state chain
+  (`checkpoint.KeyedState`, detached mode) as Python's, with the same compaction,
+  so a checkpoint of the Java stage reads the same from Python or Java: MessagePack
+  ``{"set": {account: balance}, "del": []}`` chunks;
+* restore: the chain is folded in Python and the full map sent to Java (``restore``);
+  a Java restore that throws, or a delta that does not decode, is a corrupt
+  checkpoint for the coordinator, which falls back to an older one;
+* failover: a Java worker that dies fails the hosting task's next call (calls are
+  never retried on the restarted, empty actor), the coordinator restores the job and
+  the restarted Java actor gets its state back.
+
+Nothing here is specific to balances but the wire format of a batch; a user's own
+Java stage follows the same pattern (see docs/java.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from checkpoint import (
+    CheckpointCorrupt,
+    CheckpointStore,
+    KeyedState,
+    KeyGroupRange,
+    StateHandle,
+    TaskSnapshot,
+)
+from resilience import faultpoints
+from resilience._java import BALANCES_STAGE, call, java_actor_class, pack, pack_long_map, unpack
+from resilience._runtime._operator import OperatorContext, SnapshotWriter, WrittenSnapshot
+
+__all__ = ["JavaBalances"]
+
+STATE_SCHEMA_VERSION = 1  # same layout as the Python stage: the two are interchangeable
+
+
+class JavaBalances:
+    """Per-account balances held by a Java actor; checkpointed like `Balances`.
+
+    Fault points (for tests and chaos drills, see `resilience.faultpoints`):
+    ``balances-<i>.java_snapshot`` (``kill``: SIGKILL the JVM just before the snapshot
+    call) and ``balances-<i>.java_restore`` (``on``: the Java restore throws); both
+    one-shot.
+    """
+
+    def __init__(self) -> None:
+        self.state = KeyedState()
+        self._actor: Any = None
+        self._ctx: OperatorContext | None = None
+        self._full_next = False
+        self._pid: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def open(self, ctx: OperatorContext) -> None:
+        self._ctx = ctx
+        self.state = KeyedState(KeyGroupRange.for_task(ctx.index, ctx.parallelism))
+        # Owned by this task's worker: if the task dies, the JVM goes with it and the
+        # task's next incarnation creates a new one. If only the JVM dies, Ray restarts
+        # it (empty) and the coordinator's restore fills it again.
+        self._actor = java_actor_class(BALANCES_STAGE).options(
+            max_restarts=-1, num_cpus=0).remote()
+
+    @property
+    def actor(self) -> Any:
+        if self._actor is None:
+            raise RuntimeError("JavaBalances used before open()")
+        return self._actor
+
+    def _get(self, method: str, *args: Any, retries: int = 0) -> Any:
+        import ray
+
+        return ray.get(call(self.actor, method, *args, retries=retries))
+
+    def helper_pids(self) -> dict[str, int]:
+        """Processes this operator runs besides its task's worker: ``{"java": pid}``."""
+        import ray
+
+        # A JVM that is restarting does not answer: the last known pid (or none) then.
+        with contextlib.suppress(ray.exceptions.GetTimeoutError):
+            self._pid = int(ray.get(call(self.actor, "pid", retries=-1), timeout=30))
+        return {} if self._pid is None else {"java": self._pid}
+
+    def _point(self, name: str) -> str | None:
+        ctx = self._ctx
+        if ctx is None:
+            return None
+        return faultpoints.take(ctx.workdir, f"{ctx.task_id}.{name}")
+
+    # -- processing --------------------------------------------------------------------
+
+    def process(self, channel: int, records: Sequence[Any]) -> list[Any]:
+        legs = pack([[line_no, tx_id, account, delta, float(score)]
+                     for line_no, tx_id, account, delta, score in records])
+        # retries=0: a call re-run on a restarted (empty) JVM would compute balances from
+        # zero. Failing here makes the coordinator restore the job instead.
+        out = unpack(self._get("process", legs))
+        return [tuple(r) for r in out]
+
+    def end_of_input(self) -> list[Any]:
+        return []
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def snapshot(self, checkpoint_id: int) -> SnapshotWriter:
+        if self._point("java_snapshot") == "kill":
+            # The JVM dies during the checkpoint: the snapshot call below fails, so the
+            # checkpoint cannot complete, and the job is restored from the previous one.
+            os.kill(int(self._get("pid")), signal.SIGKILL)
+        if self._full_next:
+            # After a restore into other key groups the chain starts over: the first
+            # delta must carry every key (KeyedState.restore_detached said so).
+            full = unpack(self._get("snapshot"))
+            self._get("snapshotDelta")  # and Java's changed-set starts from here
+            changed, deleted, keys = _long_map(full, "snapshot"), [], len(full)
+        else:
+            doc = unpack(self._get("snapshotDelta"))
+            if not isinstance(doc, dict) or not {"set", "del", "keys"} <= doc.keys():
+                raise ValueError(f"BalancesStage.snapshotDelta returned {type(doc).__name__} "
+                                 f"without set/del/keys")
+            changed = _long_map(doc["set"], "snapshotDelta")
+            deleted, keys = [str(k) for k in doc["del"]], int(doc["keys"])
+        self._full_next = False
+        delta = self.state.begin_detached_snapshot(checkpoint_id, changed, deleted, keys)
+
+        def write(store: CheckpointStore) -> WrittenSnapshot:
+            handle = delta.write(store)
+            return WrittenSnapshot(handle.chunks, {**handle.metadata, "language": "java",
+                                                   "schema": STATE_SCHEMA_VERSION})
+
+        # A failed write needs nothing from us: the state keeps the delta for the next one.
+        return SnapshotWriter(write)
+
+    def restore(self, store: CheckpointStore, snapshots: Sequence[TaskSnapshot]) -> None:
+        if snapshots:
+            for s in snapshots:
+                found = int(s.metadata.get("schema", STATE_SCHEMA_VERSION))
+                if found != STATE_SCHEMA_VERSION:
+                    from checkpoint import IncompatibleState
+
+                    raise IncompatibleState(f"state of task {s.task_id}", found,
+                                            STATE_SCHEMA_VERSION)
+            values, self._full_next = self.state.restore_detached(
+                store, [StateHandle(s.chunks, s.metadata) for s in snapshots])
+            where = ", ".join(f"{s.task_id}@{s.metadata.get('checkpoint_id', '?')}"
+                              for s in snapshots)
+        else:
+            self.state.reset()
+            values, self._full_next, where = {}, False, "empty state"
+        import ray
+
+        if self._point("java_restore") == "on":
+            self._get("failNextRestore", True, retries=-1)
+        try:
+            # retries=-1: the JVM may be restarting after a crash; wait for it.
+            self._get("restore", pack_long_map(values), retries=-1)
+        except ray.exceptions.CrossLanguageError as e:
+            raise CheckpointCorrupt(
+                f"Java actor {BALANCES_STAGE} of task "
+                f"{self._ctx.task_id if self._ctx else '?'} ({where})",
+                f"restore threw: {_java_cause(e)}",
+            ) from None
+
+
+def _long_map(value: Any, what: str) -> dict[str, int]:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and type(v) is int for k, v in value.items()):
+        raise ValueError(f"BalancesStage.{what} did not return a map of str to int")
+    return value
+
+
+def _java_cause(e: Exception) -> str:
+    """The last ``Caused by:`` line of a Java stack carried by a CrossLanguageError."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    causes = [ln for ln in lines if ln.startswith("Caused by:")]
+    if causes:
+        return causes[-1].removeprefix("Caused by:").strip()
+    return next((ln for ln in lines if "Exception" in ln), lines[0] if lines else repr(e))

@@ -1,0 +1,115 @@
+"""The harness on real Ray and etcd: fast scenarios pass, a broken build is caught and shrunk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos import (
+    RunOptions,
+    explore,
+    load_scenario,
+    parse_scenario,
+    run_scenario,
+)
+
+pytestmark = [pytest.mark.ray, pytest.mark.etcd]
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+# The fast subset of the shipped scenarios that `make test` runs (the others: `make chaos`).
+FAST = ["actor-crash", "sink-crash-mid-commit", "storage-full", "coordinator-crash",
+        "unaligned-crash"]
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_a_shipped_scenario_passes(name: str, tmp_path: Path, etcd_server: Any,
+                                   ray_local: str) -> None:
+    scenario = load_scenario(SCENARIOS / f"{name}.yaml")
+    report = run_scenario(scenario, RunOptions(workdir=tmp_path, progress=False,
+                                               etcd=etcd_server.endpoint))
+    assert report.passed, report.failure_reasons()
+    assert len(report.faults) == len(scenario.plan(0))
+    assert all(f.healed_at is not None for f in report.faults)
+    doc = json.loads((tmp_path / "report.json").read_text())
+    for key in ("scenario", "seed", "passed", "faults", "invariants", "code_version"):
+        assert key in doc
+    assert {"kind", "target", "injected_at", "healed_at"} <= set(doc["faults"][0])
+    assert {"name", "passed", "detail"} <= set(doc["invariants"][0])
+    assert (tmp_path / "report.html").read_text().count("<polyline") >= 1
+    events = [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    assert events[0]["kind"] == "start"
+    assert events[-1]["kind"] == "verdict"
+    # The faults really happened: each of these scenarios forces restores or failures.
+    job = report.job
+    if name == "storage-full":
+        assert job["checkpoints_failed"] >= 1
+    else:
+        assert job["restores"] >= 1
+
+
+BROKEN = """
+title: A sink that commits before the checkpoint completes (deliberately broken)
+job: {kind: payments, events: 20000, accounts: 500, parallelism: 2, checkpoint_interval: 0.3}
+method:
+  - {fault: bug, at: {seconds: 0}, params: {bug: ledger.commit_early}}
+schedule:
+  faults: 3
+  kinds: [kill]
+  targets: ["task:balances-0", "task:model-0", "task:source-0"]
+  window_s: [0.1, 1.5]
+invariants: [exactly_once]
+"""
+
+
+def test_the_harness_catches_a_broken_build_and_shrinks_the_schedule(
+    tmp_path: Path, etcd_server: Any, ray_local: str
+) -> None:
+    scenario = parse_scenario(BROKEN, source="broken.yaml")
+    out = tmp_path / "minimal.yaml"
+    result = explore(scenario, runs=3, seed=3, out=out, workdir=tmp_path / "runs",
+                     shrink_runs=4, progress=False, etcd=etcd_server.endpoint)
+    assert result.violations >= 1, result.reports
+    assert result.minimal is not None
+    assert len(result.minimal) == 1  # one kill is enough to expose the bug
+    assert result.runs <= 3 + 4
+    # The saved file is a scenario that replays the failure.
+    replay = load_scenario(out)
+    assert [s.kind for s in replay.method] == ["bug", "kill"]
+    report = run_scenario(replay, RunOptions(workdir=tmp_path / "replay", progress=False,
+                                             etcd=etcd_server.endpoint))
+    assert not report.passed
+    failing = [i for i in report.invariants if not i.passed]
+    assert [i.name for i in failing] == ["exactly_once"]
+    assert "duplicated" in failing[0].detail
+
+
+def test_every_fault_is_healed_even_when_the_run_aborts(
+    tmp_path: Path, etcd_server: Any, ray_local: str
+) -> None:
+    scenario = parse_scenario("""
+title: A paused coordinator and an impatient abort condition
+job: {kind: payments, events: 40000, accounts: 500, parallelism: 1, checkpoint_interval: 0.3}
+method:
+  - {fault: pause, target: coordinator, at: {lines: 5000}, duration: 60}
+abort:
+  - {probe: no_progress, seconds: 2}
+invariants: [exactly_once]
+""", source="abort.yaml")
+    report = run_scenario(scenario, RunOptions(workdir=tmp_path, progress=False,
+                                               etcd=etcd_server.endpoint))
+    assert report.aborted is not None
+    assert "no commit for 2s" in report.aborted
+    assert not report.passed
+    fault = report.faults[0]
+    assert fault.healed_at is not None
+    assert fault.healed_at - fault.injected_at < 30
+    pid = int(fault.detail.split()[-1])
+    # The paused process was resumed by the rollback (or is gone), never left stopped.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        state = "gone"
+    assert state != "T", f"process {pid} still stopped"

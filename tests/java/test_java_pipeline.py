@@ -1,0 +1,186 @@
+"""The payments job with its balance stage in Java, on real Ray and etcd, real SIGKILLs.
+
+The verdict comes from `resilience.checker` (no code shared with the job), and the
+ledger is compared row by row, scores included, with a crash-free run that used the
+*Python* balance stage: the two stages are interchangeable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resilience import faultpoints
+from resilience._runtime._driver import PipelineRunner
+from resilience.checker import verify
+from resilience.jobs.payments.generator import generate
+from resilience.jobs.payments.job import PaymentsOptions, payments_pipeline
+from resilience.testing import wait_until
+
+pytestmark = [pytest.mark.ray, pytest.mark.etcd, pytest.mark.java]
+
+EVENTS = 60_000
+
+
+@pytest.fixture(scope="module")
+def payments_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("input") / "payments.jsonl"
+    generate(path, events=EVENTS, accounts=1_500, seed=23)
+    return path
+
+
+@pytest.fixture(scope="module")
+def python_reference(payments_input: Path, tmp_path_factory: pytest.TempPathFactory,
+                     etcd_server: Any, ray_local: str) -> Path:
+    """A crash-free run with the Python balance stage: the ledger every run must match."""
+    workdir = tmp_path_factory.mktemp("reference")
+    status = _run(payments_input, workdir, etcd_server.endpoint, "py-ref", stage="python")
+    assert len(status["restores"]) == 1
+    return workdir
+
+
+def _run(input_path: Path, workdir: Path, etcd: str, job_id: str, *, stage: str = "java",
+         chaos: Any = None, interval: float = 0.3) -> dict[str, Any]:
+    spec = payments_pipeline(PaymentsOptions(
+        input_path, workdir, parallelism=2, checkpoint_interval_s=interval,
+        job_id=f"{job_id}-{os.getpid()}-{time.time_ns()}", balances_stage=stage))
+    errors: list[BaseException] = []
+    with PipelineRunner(spec, etcd) as runner:
+        thread = None
+        if chaos is not None:
+            def guarded() -> None:
+                try:
+                    chaos(runner)
+                except BaseException as e:  # reported by the test below
+                    errors.append(e)
+
+            thread = threading.Thread(target=guarded, daemon=True)
+            thread.start()
+        status = runner.wait(timeout_s=400)
+        if thread is not None:
+            thread.join(timeout=60)
+    if errors:
+        raise errors[0]
+    return status
+
+
+def _assert_exactly_once(input_path: Path, workdir: Path, reference: Path) -> None:
+    verdict = verify(input_path, workdir, reference_ledger=reference / "ledger.sqlite")
+    assert verdict.ok, verdict.summary()
+    assert verdict.missing_events == 0
+    assert verdict.duplicated_events == 0
+    assert verdict.balance_errors == 0
+    assert verdict.applied_events > 0.99 * EVENTS
+
+
+def _wait_lines(runner: PipelineRunner, lines: int) -> dict[str, Any]:
+    holder: dict[str, Any] = {}
+
+    def ready() -> bool:
+        st = runner.status()
+        if st is not None and st["state"] == "running" and st["lines_read"] >= lines \
+                and st["checkpoints_completed"] >= 1:
+            holder.update(st)
+            return True
+        return False
+
+    wait_until(ready, timeout_s=120, message=f"job did not reach {lines} lines")
+    return holder
+
+
+def _restored_after(runner: PipelineRunner, generation: int, what: str) -> None:
+    wait_until(lambda: (runner.status() or {}).get("generation", generation) > generation
+               and (runner.status() or {}).get("state") == "running",
+               timeout_s=90, message=f"no restore after {what}")
+
+
+def test_java_stage_jvms_sigkilled_three_times(
+    payments_input: Path, python_reference: Path, tmp_path: Path, etcd_server: Any
+) -> None:
+    kills: list[tuple[str, int]] = []
+
+    def chaos(runner: PipelineRunner) -> None:
+        for i, task in enumerate(["balances-0", "balances-1", "balances-0"]):
+            generation = _wait_lines(runner, 8_000 + 15_000 * i)["generation"]
+            pid = runner.helper_pids()[task]["java"]
+            assert pid not in runner.pids().values()  # a JVM, not the Python task worker
+            os.kill(pid, signal.SIGKILL)
+            kills.append((task, pid))
+            _restored_after(runner, generation, f"killing the JVM of {task}")
+
+    status = _run(payments_input, tmp_path, etcd_server.endpoint, "jvm-kill3", chaos=chaos)
+    assert len(kills) == 3
+    assert len({pid for _, pid in kills}) == 3  # each kill hit a fresh JVM
+    assert len(status["restores"]) - 1 >= 3, status["restores"]
+    _assert_exactly_once(payments_input, tmp_path, python_reference)
+
+
+def test_a_python_and_a_java_stage_fail_over_in_the_same_run(
+    payments_input: Path, python_reference: Path, tmp_path: Path, etcd_server: Any
+) -> None:
+    def chaos(runner: PipelineRunner) -> None:
+        generation = _wait_lines(runner, 15_000)["generation"]
+        jvm = runner.helper_pids()["balances-1"]["java"]
+        worker = runner.pids()["model-0"]
+        os.kill(jvm, signal.SIGKILL)
+        os.kill(worker, signal.SIGKILL)
+        _restored_after(runner, generation, "killing a JVM and a Python worker")
+        generation = _wait_lines(runner, 35_000)["generation"]
+        os.kill(runner.pids()["balances-0"], signal.SIGKILL)  # the Python host of a JVM
+        _restored_after(runner, generation, "killing the Python task hosting a JVM")
+
+    status = _run(payments_input, tmp_path, etcd_server.endpoint, "mixed", chaos=chaos)
+    assert len(status["restores"]) - 1 >= 2, status["restores"]
+    _assert_exactly_once(payments_input, tmp_path, python_reference)
+
+
+def test_a_java_restore_that_throws_falls_back_to_an_older_checkpoint(
+    payments_input: Path, python_reference: Path, tmp_path: Path, etcd_server: Any
+) -> None:
+    def chaos(runner: PipelineRunner) -> None:
+        generation = _wait_lines(runner, 20_000)["generation"]
+        wait_until(lambda: (runner.status() or {}).get("checkpoints_completed", 0) >= 2,
+                   timeout_s=60, message="fewer than 2 checkpoints")
+        faultpoints.arm(tmp_path, "balances-0.java_restore", "on")
+        os.kill(runner.helper_pids()["balances-1"]["java"], signal.SIGKILL)
+        _restored_after(runner, generation, "a JVM kill with a failing restore")
+
+    status = _run(payments_input, tmp_path, etcd_server.endpoint, "bad-restore", chaos=chaos)
+    failure = status["restores"][1]
+    assert failure["fallbacks"], failure
+    why = failure["fallbacks"][0]
+    # Which checkpoint, which actor, and the Java exception's own words.
+    assert why.startswith("checkpoint ")
+    assert "io.fusionresilience.BalancesStage of task balances-0" in why
+    assert "failNextRestore(true) was set" in why
+    assert failure["from_checkpoint"] < int(why.split()[1].rstrip(":"))
+    _assert_exactly_once(payments_input, tmp_path, python_reference)
+
+
+def test_a_jvm_killed_during_a_checkpoint_leaves_it_incomplete(
+    payments_input: Path, python_reference: Path, tmp_path: Path, etcd_server: Any
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def chaos(runner: PipelineRunner) -> None:
+        st = _wait_lines(runner, 15_000)
+        faultpoints.arm(tmp_path, "balances-1.java_snapshot", "kill")
+        _restored_after(runner, st["generation"], "a JVM killed in a snapshot")
+        seen["restore"] = (runner.status() or {})["restores"][-1]
+
+    status = _run(payments_input, tmp_path, etcd_server.endpoint, "snap-kill", chaos=chaos)
+    restore = seen["restore"]
+    assert "balances-1" in restore["reason"], restore
+    # The checkpoint the JVM died in never completed: the job came back from the one
+    # before, and later checkpoints (with new ids) completed again.
+    completed = {c["checkpoint_id"] for c in status["checkpoint_history"]}
+    assert restore["from_checkpoint"] + 1 not in completed
+    assert max(completed) > restore["from_checkpoint"] + 1
+    assert not (tmp_path / ".resilience" / "faults" / "balances-1.java_snapshot").exists()
+    _assert_exactly_once(payments_input, tmp_path, python_reference)
