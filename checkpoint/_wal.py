@@ -196,8 +196,14 @@ class WriteAheadLog:
 
 
 def read_log(directory: Path, *, after_seq: int = 0) -> Iterator[tuple[int, bytes]]:
-    """Every complete record of the log at `directory` after `after_seq`, verified."""
+    """Every complete record of the log at `directory` after `after_seq`, verified.
+
+    Raises `CheckpointCorrupt` when the log no longer holds the record right after
+    `after_seq` (its segment was truncated away): replaying from there would silently
+    skip calls.
+    """
     segments = _segments(Path(directory))
+    expected = after_seq + 1
     for i, (first, path) in enumerate(segments):
         nxt = segments[i + 1][0] if i + 1 < len(segments) else None
         if nxt is not None and nxt <= after_seq + 1:
@@ -206,6 +212,11 @@ def read_log(directory: Path, *, after_seq: int = 0) -> Iterator[tuple[int, byte
         for j, payload in enumerate(frames):
             seq = first + j
             if seq > after_seq:
+                if seq != expected:
+                    raise CheckpointCorrupt(
+                        str(path), f"the log skips from record {expected - 1} to {seq}: "
+                                   f"records {expected}..{seq - 1} were truncated away")
+                expected += 1
                 yield seq, payload
 
 

@@ -344,7 +344,8 @@ class _Host:
                 self.exhausted, self.role = refused, "exhausted"
                 break
             if self._become_primary(record["epoch"]):
-                if fresh and self.snapshot_seq == 0 and self.applied_seq == 0:
+                if self.exhausted is None and fresh and self.snapshot_seq == 0 \
+                        and self.applied_seq == 0:
                     # The first checkpoint: an attribute that cannot be serialized fails
                     # here, at creation, naming it, not at 3 a.m. during a failover.
                     self._write_snapshot(self._capture())
@@ -441,14 +442,17 @@ class _Host:
             return  # this log position is already saved
         self.store.put_manifest(manifest)
         self.snapshot_seq = seq
-        if self.wal is not None:
-            self.wal.roll()
-            self.wal.truncate_before(seq + 1)
         manifests = []
         for cid in self.store.list_checkpoints():
             with contextlib.suppress(CheckpointError):
                 manifests.append(self.store.get_manifest(cid))
-        apply_retention(self.store, plan_retention(manifests, _KEPT_SNAPSHOTS))
+        plan = plan_retention(manifests, _KEPT_SNAPSHOTS)
+        apply_retention(self.store, plan)
+        if self.wal is not None:
+            # Keep the log from the oldest retained snapshot on: a restore that has to
+            # fall back to it (the newest one does not verify) still replays every call.
+            self.wal.roll()
+            self.wal.truncate_before(min(plan.retained, default=seq + 1))
 
     def _apply(self, seq: int, call_id: str, method: str, args: Any, kwargs: Any
                ) -> tuple[str, Any]:
@@ -507,7 +511,15 @@ class _Host:
                 self._writer_lock.release()
                 return False
             epoch = record["epoch"]
-            replayed = self._replay(self.applied_seq)
+            try:
+                replayed = self._replay(self.applied_seq)
+            except CheckpointError as e:
+                # Calls between the snapshot and the log are gone: never half-alive
+                # with them silently missing. Every call says why (FailoverExhausted).
+                log.error("%s#%d cannot be restored exactly: %s",  # noqa: TRY400 - no trace
+                          self.name, self.index, e)
+                self.exhausted, self.role = f"cannot be restored exactly: {e}", "exhausted"
+                return True
             self.wal = WriteAheadLog(self.dir / "wal")
             if replayed:
                 log.warning("%s#%d replayed %d logged calls", self.name, self.index, replayed)
@@ -758,7 +770,10 @@ def _make_host(user_cls: type, policy: ActorPolicy, metaclass: type = type) -> t
         namespace[name] = _proxy(name, policy.log)
     base = _AsyncHost if policy.log else _SyncHost
     host: type = metaclass(user_cls.__name__, (base,), namespace)
-    host.__qualname__ = user_cls.__qualname__
+    # A name that does not resolve in the module: when the session has a Java
+    # code_search_path, Ray loads actor classes "from local code" by module and
+    # qualified name first, which would find the user's own class, not this host.
+    host.__qualname__ = f"{user_cls.__qualname__}.__resilient_host__"
     return host
 
 

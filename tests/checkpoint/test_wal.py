@@ -75,8 +75,11 @@ def test_truncate_before_keeps_what_is_needed(tmp_path: Path) -> None:
         wal.append(bytes([i]))
         wal.flush()
     assert wal.truncate_before(4) == 3  # segments holding 1, 2, 3
-    assert [s for s, _ in read_log(tmp_path)] == [4, 5]
+    assert [s for s, _ in read_log(tmp_path, after_seq=3)] == [4, 5]
     assert [s for s, _ in read_log(tmp_path, after_seq=4)] == [5]
+    # Replaying from before the truncation would skip calls: refused, not silent.
+    with pytest.raises(CheckpointCorrupt, match=r"records 1\.\.3 were truncated away"):
+        list(read_log(tmp_path))
 
 
 def test_follower_sees_records_as_they_become_durable(tmp_path: Path) -> None:

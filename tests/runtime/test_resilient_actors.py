@@ -99,6 +99,29 @@ def test_a_call_retried_after_a_crash_is_not_applied_twice(
     assert handle.add.call("after") == 3
 
 
+def test_a_corrupt_newest_snapshot_falls_back_and_replays_every_call(
+    tmp_path: Path, ray_local: str
+) -> None:
+    from checkpoint import FileSystemStore
+
+    cls = _decorate(tmp_path, checkpoint=every(calls=10), failover=restart(max=5))
+    handle = cls.options(name="fallback-target").remote()
+    for i in range(45):  # snapshots at 10, 20, 30, 40 calls; the two newest are kept
+        assert handle.add.call(f"c{i}") == i + 1
+    store = FileSystemStore(tmp_path, job_id="fallback-target")
+    newest = store.get_manifest(store.list_checkpoints()[-1])
+    assert len(store.list_checkpoints()) == 2
+    path = store.chunk_path(newest.tasks["state"].chunks[0])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.kill(resilient.ping(handle)["pid"], signal.SIGKILL)
+    # Restored from the older snapshot plus the log kept since it: nothing lost.
+    assert handle.add.call("after") == 46
+    state = resilient.state(handle)
+    assert state["applied"] == [*(f"c{i}" for i in range(45)), "after"]
+
+
 def test_a_standby_takes_over_when_the_primary_dies(tmp_path: Path, ray_local: str) -> None:
     cls = _decorate(tmp_path, failover=standby(1) | restart(max=5))
     handle = cls.remote()
