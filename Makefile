@@ -13,7 +13,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 DEMO_DIR    ?= demo-work
 DEMO_EVENTS ?= 200000
 
-.PHONY: demo test lint typecheck unit soak bench clean venv
+.PHONY: demo test lint typecheck unit soak bench chaos chaos-explore clean venv
 
 venv: $(STAMP)
 
@@ -63,8 +63,29 @@ $(JAVA_JAR): $(JAVA_SRC) $(STAMP)
 soak: $(STAMP)
 	$(BIN)/pytest -m slow --timeout=3600
 
-bench: $(STAMP)
-	$(PY) bench/payments_throughput.py
+# Every benchmark, one after the other (long: ~30 min on 2 cores). Figures: BENCHMARKS.md.
+BENCHES := payments_throughput checkpoint_overhead recovery_time incremental_state \
+           actor_overhead actor_recovery java_stage
+bench: $(STAMP) java
+	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
+
+# Every shipped scenario, each with its JSON and HTML report under build/chaos/.
+# `make test` runs a fast subset; this is the full set (~10 min on 2 cores).
+CHAOS_OUT := build/chaos
+SCENARIOS := $(sort $(wildcard scenarios/*.yaml))
+chaos: $(STAMP) java
+	@mkdir -p $(CHAOS_OUT); failed=""; \
+	for s in $(SCENARIOS); do n=$$(basename $$s .yaml); \
+	  $(BIN)/resilience chaos run $$s --quiet --workdir $(CHAOS_OUT)/$$n \
+	    --json $(CHAOS_OUT)/$$n.json --html $(CHAOS_OUT)/$$n.html || failed="$$failed $$n"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi; echo "all scenarios passed"
+
+# A randomized campaign: RUNS schedules drawn by hypothesis, a failure shrunk and saved.
+RUNS ?= 20
+chaos-explore: $(STAMP) java
+	$(BIN)/resilience chaos explore scenarios/random-campaign.yaml --runs $(RUNS) \
+	  --workdir $(CHAOS_OUT)/explore --json $(CHAOS_OUT)/explore.json
 
 clean:
 	rm -rf $(VENV) build $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis

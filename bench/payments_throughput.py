@@ -22,10 +22,11 @@ from resilience.jobs.payments.job import PaymentsOptions, payments_pipeline
 
 
 def run_once(input_path: Path, workdir: Path, etcd: str, parallelism: int, interval: float | None,
-             tag: str) -> dict[str, float]:
+             tag: str, balances_stage: str = "python") -> dict[str, float]:
     spec = payments_pipeline(PaymentsOptions(input_path, workdir, parallelism=parallelism,
                                              checkpoint_interval_s=interval,
-                                             job_id=f"bench-{tag}-{time.time_ns()}"))
+                                             job_id=f"bench-{tag}-{time.time_ns()}",
+                                             balances_stage=balances_stage))
     t0 = time.monotonic()
     with PipelineRunner(spec, etcd) as runner:
         status = runner.wait(timeout_s=1800)

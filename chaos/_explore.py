@@ -13,6 +13,7 @@ smallest schedule that failed. The budget (`runs`, `shrink_runs`) bounds the tim
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import chaos.report as rep
 from chaos._faults import FAULT_KINDS, FaultStep
 from chaos._runner import RunOptions, run_scenario
 from chaos._scenario import InvalidScenario, Scenario, scenario_to_yaml
+from resilience import EmbeddedEtcd, ray_session
 
 __all__ = ["ExploreResult", "explore", "schedules"]
 
@@ -115,6 +117,13 @@ def explore(
                 best[:] = [steps]
         return not report.passed
 
+    shared = contextlib.ExitStack()
+    if "nodes" not in scenario.needs():
+        # One Ray (and one etcd, unless the faults need a cluster of their own) for the
+        # whole campaign: a run then costs the job, not ~5 s of start-up.
+        shared.enter_context(ray_session())
+        if etcd is None and "etcd_cluster" not in scenario.needs():
+            etcd = shared.enter_context(EmbeddedEtcd(base / "etcd")).endpoint
     try:
         find(
             schedules(scenario),
@@ -129,6 +138,8 @@ def explore(
     except Exception as e:  # noqa: BLE001 - flaky reproductions end the shrink, not the search
         if progress:
             print(f"  shrinking stopped: {type(e).__name__}", flush=True)
+    finally:
+        shared.close()
     result.seconds = time.time() - started
     if best:
         result.minimal = best[0]

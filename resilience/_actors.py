@@ -399,14 +399,7 @@ class _Host:
 
     def _capture(self) -> dict[str, Any]:
         """Synchronous part of a snapshot: state, results and position, pickled now."""
-        inst = self.instance
-        if self.policy.state is not None:
-            state: Any = {k: getattr(inst, k) for k in self.policy.state}
-        elif "__getstate__" in vars(type(inst)) or any(
-                "__getstate__" in vars(k) for k in type(inst).__mro__[1:-1]):
-            state = inst.__getstate__()
-        else:
-            state = dict(vars(inst))
+        state = self._capture_state_only()
         doc = {"format": _SNAPSHOT_FORMAT, "state": state, "results": list(self.results.items()),
                "seq": self.applied_seq}
         try:
@@ -662,9 +655,13 @@ class _Host:
         return self._capture_state_only()
 
     def _capture_state_only(self) -> Any:
+        """The user object's state: declared attributes, its `__getstate__`, or its vars."""
         inst = self.instance
         if self.policy.state is not None:
             return {k: getattr(inst, k) for k in self.policy.state}
+        if "__getstate__" in vars(type(inst)) or any(
+                "__getstate__" in vars(k) for k in type(inst).__mro__[1:-1]):
+            return inst.__getstate__()
         return dict(vars(inst))
 
 

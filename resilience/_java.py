@@ -55,6 +55,7 @@ __all__ = [
     "ensure_java_built",
     "jar_path",
     "java_actor_class",
+    "java_cause",
     "java_code_search_path_if_available",
     "java_unavailable_reason",
     "pack",
@@ -393,3 +394,12 @@ def unpack_long_map(data: bytes) -> dict[str, int]:
             )
         out[key] = _check_int64(value, f"value of key {key!r}", ValueError)
     return out
+
+
+def java_cause(e: Exception) -> str:
+    """The last ``Caused by:`` line of a Java stack carried by a CrossLanguageError."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    causes = [ln for ln in lines if ln.startswith("Caused by:")]
+    if causes:
+        return causes[-1].removeprefix("Caused by:").strip()
+    return next((ln for ln in lines if "Exception" in ln), lines[0] if lines else repr(e))

@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--ray", dest="ray_address", default=None,
                    help="address of a Ray cluster to join (default: start a local one)")
     r.add_argument("--batch-size", type=_positive_int, default=2000)
+    r.add_argument("--balances-stage", choices=["python", "java"], default="python",
+                   help="run the per-account balance stage in Python or as a Java actor "
+                        "(needs a JDK 17; see docs/java.md)")
     r.add_argument("--from-savepoint", default=None, metavar="NAME|PATH",
                    help="start from a savepoint (a name under the savepoint dir, or its path)")
     r.add_argument("--savepoint-dir", type=Path, default=None,
@@ -200,6 +203,12 @@ def _options(args: argparse.Namespace) -> Any:
     from resilience._admin import resolve_savepoint
     from resilience.jobs.payments.job import PaymentsOptions
 
+    if args.balances_stage == "java":
+        from resilience._java import java_unavailable_reason
+
+        reason = java_unavailable_reason()
+        if reason is not None:
+            raise UserError(f"--balances-stage java: {reason}")
     savepoint = None
     if args.from_savepoint:
         savepoint = resolve_savepoint(args.from_savepoint,
@@ -213,6 +222,7 @@ def _options(args: argparse.Namespace) -> Any:
         batch_size=args.batch_size,
         savepoint_dir=args.savepoint_dir,
         from_savepoint=savepoint,
+        balances_stage=args.balances_stage,
     )
 
 

@@ -39,7 +39,15 @@ from checkpoint import (
     TaskSnapshot,
 )
 from resilience import faultpoints
-from resilience._java import BALANCES_STAGE, call, java_actor_class, pack, pack_long_map, unpack
+from resilience._java import (
+    BALANCES_STAGE,
+    call,
+    java_actor_class,
+    java_cause,
+    pack,
+    pack_long_map,
+    unpack,
+)
 from resilience._runtime._operator import OperatorContext, SnapshotWriter, WrittenSnapshot
 
 __all__ = ["JavaBalances"]
@@ -171,7 +179,7 @@ class JavaBalances:
             raise CheckpointCorrupt(
                 f"Java actor {BALANCES_STAGE} of task "
                 f"{self._ctx.task_id if self._ctx else '?'} ({where})",
-                f"restore threw: {_java_cause(e)}",
+                f"restore threw: {java_cause(e)}",
             ) from None
 
 
@@ -180,12 +188,3 @@ def _long_map(value: Any, what: str) -> dict[str, int]:
             isinstance(k, str) and type(v) is int for k, v in value.items()):
         raise ValueError(f"BalancesStage.{what} did not return a map of str to int")
     return value
-
-
-def _java_cause(e: Exception) -> str:
-    """The last ``Caused by:`` line of a Java stack carried by a CrossLanguageError."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    causes = [ln for ln in lines if ln.startswith("Caused by:")]
-    if causes:
-        return causes[-1].removeprefix("Caused by:").strip()
-    return next((ln for ln in lines if "Exception" in ln), lines[0] if lines else repr(e))
