@@ -85,7 +85,8 @@ def main() -> None:
     if reason is not None:
         raise SystemExit(f"java_stage: {reason}")
     with runtime() as (etcd, scratch):
-        recovery(args.kills)
+        if args.kills:
+            recovery(args.kills)
         throughput(etcd, scratch, args.events, args.repeat)
 
 

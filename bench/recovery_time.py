@@ -1,6 +1,9 @@
 """Recovery time: from a SIGKILL of a stateful worker to the first new ledger commit.
 
-    .venv/bin/python bench/recovery_time.py [--kills K] [--events N]
+    .venv/bin/python bench/recovery_time.py [--kills K] [--events N] [--jvm]
+
+With --jvm the balance stage runs in Java and the kills hit its JVMs (not the Python
+tasks hosting them).
 
 A thread polls the ledger itself (SQLite, every 5 ms, read-only) and records when
 each checkpoint id becomes committed there. For every kill, the clock starts at
@@ -28,6 +31,7 @@ from resilience.jobs.payments.generator import generate
 from resilience.jobs.payments.job import PaymentsOptions, payments_pipeline
 
 TARGETS = ["balances-0", "model-0", "ledger-0", "source-0", "balances-1"]
+JVM_TARGETS = ["balances-0", "balances-1"]
 
 
 def last_committed(path: Path) -> int:
@@ -44,6 +48,10 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=6)
     ap.add_argument("--events", type=int, default=600_000)
     ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--jvm", action="store_true",
+                    help="Java balance stage; SIGKILL its JVMs")
+    ap.add_argument("--no-standby", action="store_true",
+                    help="with --jvm: no warm spare JVM (Ray restarts the dead one)")
     args = ap.parse_args()
     with runtime() as (etcd, scratch):
         src = scratch / "payments.jsonl"
@@ -51,7 +59,10 @@ def main() -> None:
         workdir = scratch / "job"
         spec = payments_pipeline(PaymentsOptions(src, workdir, parallelism=2,
                                                  checkpoint_interval_s=args.interval,
-                                                 job_id=f"recovery-{time.time_ns()}"))
+                                                 job_id=f"recovery-{time.time_ns()}",
+                                                 balances_stage="java" if args.jvm
+                                                 else "python",
+                                                 java_standby=not args.no_standby))
         ledger = workdir / "ledger.sqlite"
         seen: dict[int, float] = {}  # checkpoint id -> when the ledger showed it committed
         kills: list[tuple[str, float]] = []
@@ -78,8 +89,13 @@ def main() -> None:
                             break
                         time.sleep(0.01)
                     time.sleep(1.0)
-                    target = TARGETS[i % len(TARGETS)]
-                    pid = runner.pids()[target]
+                    if args.jvm:
+                        target = JVM_TARGETS[i % len(JVM_TARGETS)]
+                        pid = runner.helper_pids()[target]["java"]
+                        target = f"java:{target}"
+                    else:
+                        target = TARGETS[i % len(TARGETS)]
+                        pid = runner.pids()[target]
                     kills.append((target, time.time()))
                     os.kill(pid, signal.SIGKILL)
 
@@ -107,7 +123,10 @@ def main() -> None:
                   f"(detected after {restore['started_at'] - t_kill:.2f}s, restore "
                   f"{restore['duration_s']:.2f}s)", flush=True)
         totals = [s["total_s"] for s in samples]
-        print(f"\nrecovery from SIGKILL to the next ledger commit, checkpoint every "
+        what = (" of a JVM" + (" (no standby)" if args.no_standby else " (standby JVM)")
+                if args.jvm else "")
+        print(f"\nrecovery from SIGKILL{what} to the next ledger "
+              f"commit, checkpoint every "
               f"{args.interval:g}s, payments P=2, {args.events:,} events, {machine()}")
         print(f"  kills: {len(samples)}; median {median(totals):.2f}s, "
               f"max {max(totals, default=float('nan')):.2f}s")

@@ -30,6 +30,8 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+import msgpack
+
 from checkpoint import (
     CheckpointCorrupt,
     CheckpointStore,
@@ -44,7 +46,6 @@ from resilience._java import (
     call,
     java_actor_class,
     java_cause,
-    pack,
     pack_long_map,
     unpack,
 )
@@ -64,9 +65,12 @@ class JavaBalances:
     one-shot.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, standby: bool = True) -> None:
         self.state = KeyedState()
+        self.standby = standby
         self._actor: Any = None
+        self._spare: Any = None
+        self._suspect = False  # a call to the JVM failed: it died (or is restarting)
         self._ctx: OperatorContext | None = None
         self._full_next = False
         self._pid: int | None = None
@@ -76,11 +80,29 @@ class JavaBalances:
     def open(self, ctx: OperatorContext) -> None:
         self._ctx = ctx
         self.state = KeyedState(KeyGroupRange.for_task(ctx.index, ctx.parallelism))
-        # Owned by this task's worker: if the task dies, the JVM goes with it and the
-        # task's next incarnation creates a new one. If only the JVM dies, Ray restarts
-        # it (empty) and the coordinator's restore fills it again.
-        self._actor = java_actor_class(BALANCES_STAGE).options(
-            max_restarts=-1, num_cpus=0).remote()
+        # Owned by this task's worker: if the task dies, its JVMs go with it and the
+        # task's next incarnation creates new ones. If only the JVM dies, the restore
+        # that follows loads the state into the warm standby JVM (already started, so
+        # no JVM start-up on the recovery path) and a new standby starts behind it;
+        # without a standby, Ray restarts the dead JVM (empty) and the restore fills it.
+        self._actor = self._new_jvm()
+        self._spare = self._new_jvm() if self.standby else None
+
+    @staticmethod
+    def _new_jvm() -> Any:
+        return java_actor_class(BALANCES_STAGE).options(max_restarts=-1, num_cpus=0).remote()
+
+    def _promote_standby(self) -> None:
+        import ray
+
+        if self._spare is None:
+            return
+        # The new spare starts after the restore (see `restore`): its JVM boot would
+        # otherwise compete for the CPU with the restore it is meant to speed up.
+        dead, self._actor, self._spare = self._actor, self._spare, None
+        self._pid = None
+        with contextlib.suppress(Exception):
+            ray.kill(dead, no_restart=True)
 
     @property
     def actor(self) -> Any:
@@ -91,7 +113,11 @@ class JavaBalances:
     def _get(self, method: str, *args: Any, retries: int = 0) -> Any:
         import ray
 
-        return ray.get(call(self.actor, method, *args, retries=retries))
+        try:
+            return ray.get(call(self.actor, method, *args, retries=retries))
+        except ray.exceptions.RayActorError:
+            self._suspect = True
+            raise
 
     def helper_pids(self) -> dict[str, int]:
         """Processes this operator runs besides its task's worker: ``{"java": pid}``."""
@@ -111,12 +137,14 @@ class JavaBalances:
     # -- processing --------------------------------------------------------------------
 
     def process(self, channel: int, records: Sequence[Any]) -> list[Any]:
-        legs = pack([[line_no, tx_id, account, delta, float(score)]
-                     for line_no, tx_id, account, delta, score in records])
+        # Plain arrays: msgpack directly (`pack` canonicalizes maps, there are none).
+        # Scores are floats already (the model computes them); Java takes ints too.
+        legs = msgpack.packb(records, use_bin_type=True)
         # retries=0: a call re-run on a restarted (empty) JVM would compute balances from
         # zero. Failing here makes the coordinator restore the job instead.
-        out = unpack(self._get("process", legs))
-        return [tuple(r) for r in out]
+        out: list[Any] = msgpack.unpackb(self._get("process", legs), raw=False,
+                                         use_list=False)
+        return list(out)
 
     def end_of_input(self) -> list[Any]:
         return []
@@ -170,11 +198,16 @@ class JavaBalances:
             values, self._full_next, where = {}, False, "empty state"
         import ray
 
+        if self._suspect:
+            self._suspect = False
+            self._promote_standby()
         if self._point("java_restore") == "on":
             self._get("failNextRestore", True, retries=-1)
         try:
             # retries=-1: the JVM may be restarting after a crash; wait for it.
             self._get("restore", pack_long_map(values), retries=-1)
+            if self.standby and self._spare is None:
+                self._spare = self._new_jvm()
         except ray.exceptions.CrossLanguageError as e:
             raise CheckpointCorrupt(
                 f"Java actor {BALANCES_STAGE} of task "

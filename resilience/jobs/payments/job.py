@@ -422,6 +422,7 @@ class PaymentsOptions:
     alignment_timeout_s: float | None = 2.0
     balances_resources: dict[str, float] | None = None  # pin the stage (node-loss drills)
     balances_stage: str = "python"  # or "java": the same stage as a Java actor
+    java_standby: bool = True  # java: a warm spare JVM per task, promoted on a JVM crash
 
     def __post_init__(self) -> None:
         if self.balances_stage not in BALANCES_STAGES:
@@ -432,11 +433,11 @@ class PaymentsOptions:
 BALANCES_STAGES = ("python", "java")
 
 
-def _balances_factory(kind: str) -> Any:
+def _balances_factory(kind: str, java_standby: bool) -> Any:
     if kind == "java":
         from resilience.jobs.payments.java_balances import JavaBalances
 
-        return JavaBalances
+        return partial(JavaBalances, standby=java_standby)
     return Balances
 
 
@@ -463,7 +464,7 @@ def payments_pipeline(opts: PaymentsOptions) -> PipelineSpec:
             StageSpec("source", partial(PaymentsSource, str(opts.input_path.resolve())),
                       is_source=True),
             StageSpec("model", partial(FraudModel, opts.label_delay), upstream=["source"]),
-            StageSpec("balances", _balances_factory(opts.balances_stage),
+            StageSpec("balances", _balances_factory(opts.balances_stage, opts.java_standby),
                       parallelism=opts.parallelism, upstream=["model"], key=leg_account,
                       resources=opts.balances_resources or {}),
             StageSpec("ledger", LedgerSink, upstream=["balances"], commits=True),
