@@ -46,10 +46,11 @@ def python_reference(payments_input: Path, tmp_path_factory: pytest.TempPathFact
 
 
 def _run(input_path: Path, workdir: Path, etcd: str, job_id: str, *, stage: str = "java",
-         chaos: Any = None, interval: float = 0.3) -> dict[str, Any]:
+         chaos: Any = None, interval: float = 0.3, standby: bool = True) -> dict[str, Any]:
     spec = payments_pipeline(PaymentsOptions(
         input_path, workdir, parallelism=2, checkpoint_interval_s=interval,
-        job_id=f"{job_id}-{os.getpid()}-{time.time_ns()}", balances_stage=stage))
+        job_id=f"{job_id}-{os.getpid()}-{time.time_ns()}", balances_stage=stage,
+        java_standby=standby))
     errors: list[BaseException] = []
     with PipelineRunner(spec, etcd) as runner:
         thread = None
@@ -100,8 +101,10 @@ def _restored_after(runner: PipelineRunner, generation: int, what: str) -> None:
                timeout_s=90, message=f"no restore after {what}")
 
 
+@pytest.mark.parametrize("standby", [True, False], ids=["standby-jvm", "ray-restart"])
 def test_java_stage_jvms_sigkilled_three_times(
-    payments_input: Path, python_reference: Path, tmp_path: Path, etcd_server: Any
+    payments_input: Path, python_reference: Path, tmp_path: Path, etcd_server: Any,
+    standby: bool,
 ) -> None:
     kills: list[tuple[str, int]] = []
 
@@ -114,7 +117,8 @@ def test_java_stage_jvms_sigkilled_three_times(
             kills.append((task, pid))
             _restored_after(runner, generation, f"killing the JVM of {task}")
 
-    status = _run(payments_input, tmp_path, etcd_server.endpoint, "jvm-kill3", chaos=chaos)
+    status = _run(payments_input, tmp_path, etcd_server.endpoint, "jvm-kill3", chaos=chaos,
+                  standby=standby)
     assert len(kills) == 3
     assert len({pid for _, pid in kills}) == 3  # each kill hit a fresh JVM
     assert len(status["restores"]) - 1 >= 3, status["restores"]
