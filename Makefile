@@ -28,7 +28,7 @@ demo: $(STAMP) java
 
 # The whole suite: lint, types, then every test but the long soaks (marker `slow`).
 test: $(STAMP) lint typecheck java
-	$(BIN)/pytest -m "not slow" --durations=15
+	$(BIN)/pytest -m "not slow" -rs --durations=15
 
 unit: $(STAMP)
 	$(BIN)/pytest -m "not slow and not ray and not etcd"

@@ -23,6 +23,14 @@ from resilience._java import (
 ActorFactory = Callable[..., Any]
 
 
+@pytest.fixture(autouse=True)
+def _java_required() -> None:
+    """Every test here needs a JDK: without one it is skipped, saying why (make test -rs)."""
+    reason = java_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"Java parts skipped: {reason}")
+
+
 @pytest.fixture(scope="session")
 def java_jar() -> Path:
     """The project's jar, built if needed; the test is skipped (with why) without a JDK."""
