@@ -68,6 +68,30 @@ _HEALTH_TIMEOUT_S = 5.0
 _GENERATIONS_PER_EPOCH = 1_000_000
 
 
+def should_revoke_before_campaign(
+    *,
+    current_holder: str | None,
+    current_lease: int | None,
+    actor_id: str,
+    holder: str,
+    valid_lease: int | None,
+) -> bool:
+    """Whether a coordinator about to campaign may revoke the current leader's lease.
+
+    Only to take over at once from an earlier incarnation of this actor (Ray restarts
+    an actor after its previous process is gone; fencing keeps it safe even if it were
+    somehow alive), or to clear this process's own lost reign. Never a lease this
+    process still validly holds: revoking it would depose the reign it is running,
+    whose loss would trigger another campaign and another revoke, forever (found by
+    the chaos campaign: a paused coordinator, a fenced commit and a stale loss event).
+    """
+    if current_holder is None or current_lease is None:
+        return False
+    if not current_holder.startswith(f"{actor_id}:"):
+        return False  # another actor's reign: wait for it, never cut it short
+    return current_lease != valid_lease
+
+
 class _Corrupt(Exception):
     """A task could not restore from the chosen checkpoint (checksum, decode, schema)."""
 
@@ -201,10 +225,14 @@ class JobCoordinator:
         while not self._stop.is_set():
             try:
                 current = election.current_leader()
-                if current is not None and current.holder.startswith(f"{self.actor_id}:"):
-                    # Ray restarts an actor only after its previous process is gone:
-                    # the lease of our dead incarnation can be revoked at once.
-                    # Fencing keeps this safe even if it were somehow alive.
+                mine = self.leadership
+                if should_revoke_before_campaign(
+                        current_holder=None if current is None else current.holder,
+                        current_lease=None if current is None else current.lease_id,
+                        actor_id=self.actor_id, holder=self.holder,
+                        valid_lease=mine.lease_id if mine is not None and mine.is_valid()
+                        else None):
+                    assert current is not None
                     self.client.revoke_lease(current.lease_id)
                 self.leadership = election.campaign(timeout_s=self.spec.lease_ttl_s * 4)
                 break
@@ -213,7 +241,7 @@ class JobCoordinator:
                 self._stop.wait(0.5)
         leadership = self.leadership
         assert leadership is not None
-        leadership.on_lost(lambda: self.events.put(("leadership_lost",)))
+        leadership.on_lost(lambda: self.events.put(("leadership_lost", leadership.epoch)))
         # Generations must never repeat, across coordinator restarts too: a task still
         # holding pushes of generation g from before the crash would accept them again.
         # Each reign numbers its generations above every earlier reign's.
@@ -304,7 +332,11 @@ class JobCoordinator:
             if what == "failure" and generation == self.core.generation:
                 self._need_recover = self._need_recover or f"task {task_id}: {detail}"
         elif kind == "leadership_lost":
-            self._relead("leadership lost")
+            # Only the current reign's loss counts: a loss already handled (a fenced
+            # commit re-elected first) must not depose the reign that followed it.
+            current = self.leadership
+            if current is not None and current.epoch == event[1]:
+                self._relead("leadership lost")
         elif kind == "savepoint":
             name = event[1]
             if name not in self._savepoint_requests and name not in self._savepoint_for.values():

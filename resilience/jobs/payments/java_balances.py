@@ -124,7 +124,7 @@ class JavaBalances:
         import ray
 
         # A JVM that is restarting does not answer: the last known pid (or none) then.
-        with contextlib.suppress(ray.exceptions.GetTimeoutError):
+        with contextlib.suppress(ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
             self._pid = int(ray.get(call(self.actor, "pid", retries=-1), timeout=30))
         return {} if self._pid is None else {"java": self._pid}
 
