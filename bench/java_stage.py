@@ -22,9 +22,9 @@ import time
 from _common import machine, median, runtime
 from payments_throughput import run_once
 
-from resilience import resilient
+from resilience import java_actor, resilient
 from resilience._java import COUNTER, java_unavailable_reason
-from resilience._java_actor import java_actor
+
 from resilience.jobs.payments.generator import generate
 from resilience.policies import every, restart, standby
 

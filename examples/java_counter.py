@@ -17,10 +17,8 @@ import tempfile
 
 import ray
 
-from resilience import resilient
-from resilience._java import COUNTER, java_unavailable_reason
-from resilience._java_actor import java_actor
-from resilience._ray import ray_session
+from resilience import java_actor, ray_session, resilient
+from resilience._java import java_unavailable_reason
 from resilience.policies import every, restart
 
 
@@ -30,7 +28,7 @@ def main() -> int:
         print(f"skipped: {reason}")
         return 0
     with tempfile.TemporaryDirectory() as store, ray_session():
-        Counter = java_actor(COUNTER, checkpoint=every(calls=500),  # noqa: N806
+        Counter = java_actor("io.fusionresilience.Counter", checkpoint=every(calls=500),  # noqa: N806
                              failover=restart(max=10), store=store)
         counter = Counter.options(name="payments-counter").remote()
         refs = []

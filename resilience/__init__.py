@@ -32,6 +32,7 @@ from resilience._actors import (  # noqa: E402
 from resilience._embedded_etcd import EmbeddedEtcd, EmbeddedEtcdCluster, etcd_endpoint  # noqa: E402
 from resilience._errors import FailoverExhausted, JobFailed, UserError  # noqa: E402
 from resilience._etcd import EtcdClient, EtcdError, EtcdUnavailable  # noqa: E402
+from resilience._java_actor import JavaCallError, java_actor  # noqa: E402
 from resilience._job import Job, current_job  # noqa: E402
 from resilience._ray import RaySession, ray_session  # noqa: E402
 from resilience._runtime._spec import PipelineSpec, StageSpec  # noqa: E402
@@ -58,6 +59,7 @@ __all__ = [
     "FailoverExhausted",
     "FencedOut",
     "IncompatibleState",
+    "JavaCallError",
     "Job",
     "JobFailed",
     "LeaderElection",
@@ -76,6 +78,7 @@ __all__ = [
     "escalate",
     "etcd_endpoint",
     "every",
+    "java_actor",
     "missed_heartbeats",
     "no_progress",
     "ray_session",

@@ -32,7 +32,7 @@ RESILIENCE = {
     "StoreWriteError", "UserError", "etcd_endpoint", "ray_session",
     "ActorPolicy", "ResilientActorClass", "ResilientHandle", "StateNotSerializable", "resilient",
     "Job", "current_job", "escalate", "every", "missed_heartbeats", "no_progress", "restart",
-    "standby",
+    "standby", "JavaCallError", "java_actor",
 }
 
 

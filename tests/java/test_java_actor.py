@@ -16,9 +16,8 @@ import msgpack
 import pytest
 import ray
 
-from resilience import resilient
+from resilience import JavaCallError, java_actor, resilient
 from resilience._java import COUNTER
-from resilience._java_actor import JavaCallError, java_actor
 from resilience.policies import every, restart
 from resilience.testing import wait_until
 
