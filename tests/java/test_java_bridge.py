@@ -99,6 +99,28 @@ class TestBalancesStage:
         assert get(call(stage, "size")) == len(ref.state)
         assert unpack_long_map(get(call(stage, "snapshot"))) == dict(ref.state.items())
 
+    def test_the_column_batch_matches_python_and_refuses_bad_input_whole(
+        self, java_actors: ActorFactory
+    ) -> None:
+        import ray
+
+        stage = java_actors(BALANCES_STAGE)
+        ref = Balances()
+        legs = make_legs(random.Random(17), 0, 3000)
+        columns = pack([[leg[2] for leg in legs], [leg[3] for leg in legs]])
+        after = unpack(get(call(stage, "processColumns", columns)))
+        assert after == [r[4] for r in reference_process(ref, legs)]
+        before = get(call(stage, "size"))
+        for bad, message in [
+            (pack([["a", "b"], [1]]), "differ in length"),
+            (pack([["a"], [2**62], ["x"]]), "expected \\[accounts, deltas\\]"),
+            (pack([["a", "a"], [2**62, 2**62]]), "long overflow"),
+        ]:
+            with pytest.raises(ray.exceptions.CrossLanguageError, match=message):
+                get(call(stage, "processColumns", bad, retries=0))
+        assert get(call(stage, "size")) == before  # nothing of a refused batch applied
+        assert unpack_long_map(get(call(stage, "snapshot"))) == dict(ref.state.items())
+
     def test_only_accounts_of_the_interval_are_in_a_delta(
         self, java_actors: ActorFactory
     ) -> None:

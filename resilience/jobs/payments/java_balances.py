@@ -87,6 +87,12 @@ class JavaBalances:
         # without a standby, Ray restarts the dead JVM (empty) and the restore fills it.
         self._actor = self._new_jvm()
         self._spare = self._new_jvm() if self.standby else None
+        # The task is up when its JVMs are: a JVM boots for seconds of CPU, which
+        # would otherwise be taken from the job's first seconds of processing.
+        import ray
+
+        ray.get([call(j, "pid", retries=-1) for j in (self._actor, self._spare)
+                 if j is not None], timeout=120)
 
     @staticmethod
     def _new_jvm() -> Any:
@@ -137,14 +143,19 @@ class JavaBalances:
     # -- processing --------------------------------------------------------------------
 
     def process(self, channel: int, records: Sequence[Any]) -> list[Any]:
-        # Plain arrays: msgpack directly (`pack` canonicalizes maps, there are none).
-        # Scores are floats already (the model computes them); Java takes ints too.
-        legs = msgpack.packb(records, use_bin_type=True)
+        # Only what the balances need crosses to Java, as two columns (msgpack directly:
+        # `pack` canonicalizes maps, there are none); ids, lines and scores stay here.
+        columns = msgpack.packb([[r[2] for r in records], [r[3] for r in records]],
+                                use_bin_type=True)
         # retries=0: a call re-run on a restarted (empty) JVM would compute balances from
         # zero. Failing here makes the coordinator restore the job instead.
-        out: list[Any] = msgpack.unpackb(self._get("process", legs), raw=False,
-                                         use_list=False)
-        return list(out)
+        after = msgpack.unpackb(self._get("processColumns", columns), use_list=True)
+        if len(after) != len(records):
+            raise ValueError(f"BalancesStage.processColumns returned {len(after)} balances "
+                             f"for {len(records)} legs")
+        return [(line_no, tx_id, account, delta, balance, score)
+                for (line_no, tx_id, account, delta, score), balance in zip(records, after,
+                                                                             strict=True)]
 
     def end_of_input(self) -> list[Any]:
         return []

@@ -73,6 +73,68 @@ public final class BalancesStage {
   }
 
   /**
+   * Applies a batch given as columns: only what the balances need crosses the language
+   * boundary (the Python side keeps ids, line numbers and scores and zips them back).
+   *
+   * @param columns a MessagePack array {@code [accounts: [str, ...], deltas: [int, ...]]} of
+   *     two arrays of the same length
+   * @return a MessagePack array of the balance after each leg, in order
+   * @throws IllegalArgumentException on malformed input (nothing is applied)
+   * @throws ArithmeticException when a balance leaves the 64-bit range (nothing is applied)
+   */
+  public byte[] processColumns(byte[] columns) {
+    String[] accounts;
+    long[] deltas;
+    try (MessageUnpacker in = Msg.unpacker(columns)) {
+      if (in.unpackArrayHeader() != 2) {
+        throw new IllegalArgumentException("expected [accounts, deltas]");
+      }
+      int n = in.unpackArrayHeader();
+      accounts = new String[n];
+      for (int i = 0; i < n; i++) {
+        accounts[i] = in.unpackString();
+      }
+      if (in.unpackArrayHeader() != n) {
+        throw new IllegalArgumentException("accounts and deltas differ in length");
+      }
+      deltas = new long[n];
+      for (int i = 0; i < n; i++) {
+        deltas[i] = in.unpackLong();
+      }
+      if (in.hasNext()) {
+        throw new IllegalArgumentException("trailing bytes after the columns");
+      }
+    } catch (IOException | MessagePackException e) {
+      throw new IllegalArgumentException(
+          "columns must be a MessagePack [[str, ...], [int, ...]]: " + e.getMessage(), e);
+    }
+    Map<String, Long> updated = new HashMap<>();
+    long[] after = new long[accounts.length];
+    for (int i = 0; i < after.length; i++) {
+      Long old = updated.get(accounts[i]);
+      if (old == null) {
+        old = balances.getOrDefault(accounts[i], 0L);
+      }
+      long balance = Math.addExact(old, deltas[i]);
+      updated.put(accounts[i], balance);
+      after[i] = balance;
+    }
+    balances.putAll(updated);
+    dirty.addAll(updated.keySet());
+    MessageBufferPacker out = Msg.packer();
+    try {
+      out.packArrayHeader(after.length);
+      for (long balance : after) {
+        out.packLong(balance);
+      }
+      out.close();
+    } catch (IOException e) {
+      throw new IllegalStateException("MessagePack packing failed in memory", e);
+    }
+    return out.toByteArray();
+  }
+
+  /**
    * The accounts changed since the previous call, then forgets them.
    *
    * @return MessagePack {@code {"set": {account: balance, ...}, "del": [], "keys": n}} (keys
