@@ -18,6 +18,7 @@ import os
 import signal
 import tempfile
 import time
+from pathlib import Path
 
 from _common import machine, median, runtime
 from payments_throughput import run_once
@@ -29,13 +30,13 @@ from resilience.jobs.payments.generator import generate
 from resilience.policies import every, restart, standby
 
 
-def throughput(etcd: str, scratch: object, events: int, repeat: int) -> None:
-    src = scratch / "payments.jsonl"  # type: ignore[operator]
+def throughput(etcd: str, scratch: Path, events: int, repeat: int) -> None:
+    src = scratch / "payments.jsonl"
     generate(src, events=events, accounts=10_000, seed=42)
     results: dict[str, list[float]] = {"python": [], "java": []}
     for r in range(repeat):
         for stage in ("python", "java"):
-            res = run_once(src, scratch / f"{stage}-{r}", etcd, 2, 1.0,  # type: ignore[operator]
+            res = run_once(src, scratch / f"{stage}-{r}", etcd, 2, 1.0,
                            f"java-bench-{stage}", balances_stage=stage)
             results[stage].append(res["events_per_s"])
             print(f"  run {r + 1} {stage:6}: {res['events_per_s']:,.0f} events/s "

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from resilience._embedded_etcd import EmbeddedEtcd, EmbeddedEtcdCluster
 
-__all__ = ["embedded_etcd", "embedded_etcd_cluster", "wait_until"]
+__all__ = ["embedded_etcd", "embedded_etcd_cluster", "process_state", "wait_until"]
 
 
 @contextlib.contextmanager
@@ -53,3 +53,14 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise TimeoutError(message or f"condition not met within {timeout_s:g} s")
         time.sleep(interval_s)
+
+
+def process_state(pid: int) -> str | None:
+    """The Linux state letter of process `pid` (``R``, ``S``, ``T`` stopped, ``Z`` zombie
+    ...), or None when there is no such process. For tests that stop and kill processes."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name, in parentheses, may itself hold spaces and parentheses.
+    return stat.rsplit(")", 1)[1].split()[0]

@@ -15,6 +15,7 @@ from chaos import (
     parse_scenario,
     run_scenario,
 )
+from resilience.testing import process_state
 
 pytestmark = [pytest.mark.ray, pytest.mark.etcd]
 
@@ -108,8 +109,4 @@ invariants: [exactly_once]
     assert fault.healed_at - fault.injected_at < 30
     pid = int(fault.detail.split()[-1])
     # The paused process was resumed by the rollback (or is gone), never left stopped.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except FileNotFoundError:
-        state = "gone"
-    assert state != "T", f"process {pid} still stopped"
+    assert process_state(pid) != "T", f"process {pid} still stopped"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from resilience.testing import wait_until
+from resilience.testing import process_state, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.etcd]
 
@@ -35,13 +35,6 @@ def _journal(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in lines if line.strip().endswith("}")]
 
 
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except FileNotFoundError:
-        return "gone"
-
-
 def test_ctrl_c_heals_every_injected_fault(tmp_path: Path) -> None:
     scenario = tmp_path / "pause.yaml"
     scenario.write_text(SCENARIO)
@@ -59,7 +52,7 @@ def test_ctrl_c_heals_every_injected_fault(tmp_path: Path) -> None:
         assert proc.poll() is None, proc.communicate()[0]
         fault = next(e for e in _journal(journal) if e["kind"] == "fault")
         pid = int(str(fault["message"]).split()[-1])
-        assert _state(pid) == "T"  # really stopped
+        assert process_state(pid) == "T"  # really stopped
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=180)
     finally:
@@ -69,4 +62,4 @@ def test_ctrl_c_heals_every_injected_fault(tmp_path: Path) -> None:
     kinds = [(e["kind"], str(e["message"])) for e in _journal(journal)]
     assert ("abort", "interrupted (Ctrl-C)") in kinds
     assert ("heal", "healed pause on coordinator (rollback)") in kinds
-    assert _state(pid) != "T", f"coordinator {pid} left stopped"
+    assert process_state(pid) != "T", f"coordinator {pid} left stopped"

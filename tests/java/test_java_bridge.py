@@ -36,7 +36,7 @@ from resilience._java import (
     unpack_long_map,
 )
 from resilience.jobs.payments.job import Balances
-from resilience.testing import wait_until
+from resilience.testing import process_state, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CALL_TIMEOUT_S = 120.0
@@ -66,11 +66,7 @@ def reference_process(ref: Balances, legs: list[list[Any]]) -> list[list[Any]]:
 
 def pid_alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie waiting for its parent to reap it does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return process_state(pid) not in (None, "Z")
 
 
 # -- BalancesStage ------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from resilience._etcd import (
     WatchEvent,
     parse_endpoints,
 )
-from resilience.testing import wait_until
+from resilience.testing import process_state, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,11 +50,7 @@ def _process_gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in {"Z", "X"}
+    return process_state(pid) in {None, "Z", "X"}
 
 
 def _read_line(process: subprocess.Popen[str], timeout_s: float) -> str:

@@ -51,9 +51,11 @@ from resilience._java import (
 )
 from resilience._runtime._operator import OperatorContext, SnapshotWriter, WrittenSnapshot
 
-__all__ = ["JavaBalances"]
+# The same state layout (and schema version) as the Python stage: the two are
+# interchangeable, a checkpoint of one restores into the other.
+from resilience.jobs.payments.job import STATE_SCHEMA_VERSION, _check_schema
 
-STATE_SCHEMA_VERSION = 1  # same layout as the Python stage: the two are interchangeable
+__all__ = ["JavaBalances"]
 
 
 class JavaBalances:
@@ -194,12 +196,7 @@ class JavaBalances:
     def restore(self, store: CheckpointStore, snapshots: Sequence[TaskSnapshot]) -> None:
         if snapshots:
             for s in snapshots:
-                found = int(s.metadata.get("schema", STATE_SCHEMA_VERSION))
-                if found != STATE_SCHEMA_VERSION:
-                    from checkpoint import IncompatibleState
-
-                    raise IncompatibleState(f"state of task {s.task_id}", found,
-                                            STATE_SCHEMA_VERSION)
+                _check_schema(s.metadata, s.task_id)
             values, self._full_next = self.state.restore_detached(
                 store, [StateHandle(s.chunks, s.metadata) for s in snapshots])
             where = ", ".join(f"{s.task_id}@{s.metadata.get('checkpoint_id', '?')}"
