@@ -159,9 +159,8 @@ def test_an_unreachable_upstream_resets_the_client() -> None:
             # The proxy accepts, fails upstream and resets. On a loaded machine the
             # reset can overtake the client's connect() itself; either way the client
             # gets a reset, never data and never a silent hang.
-            with pytest.raises(ConnectionResetError):  # noqa: PT012
-                with _connect(proxy) as sock:
-                    sock.recv(1)
+            with pytest.raises(ConnectionResetError), _connect(proxy) as sock:
+                sock.recv(1)
             wait_until(lambda: proxy.stats()["upstream_connect_failures"] == 1, timeout_s=10)
             assert proxy.stats()["upstream_connect_failures"] == 1
 
