@@ -695,16 +695,26 @@ class _Scale:
 
 
 def _nice_step(span: float, target: int) -> float:
-    """A step of 1, 2 or 5 times a power of ten giving about `target` intervals over `span`."""
+    """A step of 1, 2 or 5 times a power of ten giving about `target` intervals over `span`.
+
+    Never longer than `span`, so any interval of that length holds a multiple of it (a
+    step of 5e6 over [1, 4004006] would have left the axis without a single tick).
+    """
     raw = span / max(target, 1)
+    if not raw > 0:  # a span so small that dividing it underflows
+        return span if span > 0 else 1.0
     magnitude = 10.0 ** math.floor(math.log10(raw))
-    return next(m * magnitude for m in (1.0, 2.0, 5.0, 10.0) if m * magnitude >= raw * 0.999)
+    return next((m * magnitude for m in (1.0, 2.0, 5.0, 10.0)
+                 if raw * 0.999 <= m * magnitude <= span), magnitude)
+
+
+_POINT_WIDTH = 1e-9
 
 
 def _nice_ticks(lo: float, hi: float, target: int = 8) -> tuple[list[float], float]:
     """Round tick values within [lo, hi] and the step between them."""
-    if not hi > lo:
-        return [lo], 1.0
+    if not hi - lo > _POINT_WIDTH * max(1.0, abs(lo), abs(hi)):
+        return [lo], 1.0  # a point, as far as a chart can tell (also a denormal width)
     step = _nice_step(hi - lo, target)
     first = math.ceil(lo / step - 1e-9)
     ticks: list[float] = []
@@ -751,13 +761,20 @@ def _decimate(points: Sequence[tuple[float, float]], buckets: int) -> list[tuple
     return out
 
 
+_SAME_INSTANT_S = 1e-6
+
+
 def _throughput(samples: Sequence[Sample]) -> list[tuple[float, float]]:
     """Events committed per second between consecutive samples, at the later sample's time."""
     rates = []
     for before, after in itertools.pairwise(samples):
         elapsed = after.t - before.t
-        if elapsed > 0:  # two samples at the same instant say nothing about a rate
-            rates.append((after.t, (after.committed - before.committed) / elapsed))
+        # Two samples within a microsecond are the same instant to a sampler: they say
+        # nothing about a rate (and a denormal interval would make it infinite).
+        if elapsed >= _SAME_INSTANT_S:
+            rate = (after.committed - before.committed) / elapsed
+            if math.isfinite(rate):
+                rates.append((after.t, rate))
     return rates
 
 

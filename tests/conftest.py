@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -17,8 +18,16 @@ _PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 if _PROJECT_ROOT not in sys.path:
     sys.path.insert(0, _PROJECT_ROOT)
 
+from hypothesis import settings  # noqa: E402
+
 from resilience._embedded_etcd import EmbeddedEtcd  # noqa: E402 - after the sys.path fix
 from resilience._etcd import EtcdClient  # noqa: E402
+
+# CI (`.ci/run`) draws the same examples every run: a red CI is then always the change
+# under test, and reproducible. Locally every run draws new ones and keeps failures in
+# .hypothesis/ to replay first. Explicit @settings on a test still win.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from chaos.report import (
@@ -531,6 +531,16 @@ def test_the_page_fetches_nothing() -> None:
     assert not [tag for tag, _ in parsed.elements if tag in ("script", "link", "img", "iframe")]
 
 
+def test_samples_a_denormal_interval_apart_are_one_instant_not_an_infinite_rate() -> None:
+    # Found by the property below: 1 event over 2.2e-311 s was an infinite rate, and the
+    # axis ceiling of infinity raised OverflowError instead of drawing a page.
+    samples = [Sample(0.0, 0, 0, 0, 0, ""), Sample(2.225073858507e-311, 0, 1, 0, 0, ""),
+               Sample(1.0, 0, 11, 0, 0, "")]
+    page = render_html(make_report(samples=samples, faults=[]))
+    assert len(svgs_of(page)) == 2
+    assert len(parse(page).with_class("polyline", "spark-line")) == 1  # one finite rate: 10/s
+
+
 @settings(max_examples=60, deadline=None)
 @given(reports)
 def test_any_report_renders_a_well_formed_page(report: Report) -> None:
@@ -598,6 +608,7 @@ def test_decimation_keeps_extremes_and_is_bounded(values: list[float], buckets: 
     st.floats(1e-3, 1e7),
     st.integers(2, 12),
 )
+@example(1.0, 4004005.0, 2)  # found by this property: a step longer than the span, no tick
 def test_ticks_are_round_and_inside_the_domain(lo: float, span: float, target: int) -> None:
     hi = lo + span
     ticks, step = _nice_ticks(lo, hi, target)
