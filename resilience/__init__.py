@@ -22,6 +22,7 @@ from checkpoint import (  # noqa: E402
     ResilienceError,
     StoreWriteError,
 )
+from resilience._actor_codec import CallFailed  # noqa: E402
 from resilience._actors import (  # noqa: E402
     ActorPolicy,
     ResilientActorClass,
@@ -48,6 +49,7 @@ from resilience.policies import (  # noqa: E402
 
 __all__ = [
     "ActorPolicy",
+    "CallFailed",
     "CheckpointCorrupt",
     "CheckpointError",
     "CheckpointNotFound",

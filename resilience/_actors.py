@@ -39,7 +39,6 @@ import itertools
 import json
 import logging
 import os
-import pickle
 import threading
 import time
 import uuid
@@ -61,6 +60,7 @@ from checkpoint import (
 )
 from checkpoint._wal import LogFollower, WriteAheadLog
 from resilience import faultpoints
+from resilience._actor_codec import FORMATS, Codec, codec_for
 from resilience._errors import FailoverExhausted
 from resilience.policies import (
     AnyDetector,
@@ -135,6 +135,7 @@ class ActorPolicy:
     state: tuple[str, ...] | None = None
     store: str | None = None
     results_window: int = 100_000
+    format: str = "pickle"
 
     def __post_init__(self) -> None:
         if isinstance(self.checkpoint, every):
@@ -157,6 +158,9 @@ class ActorPolicy:
         if self.results_window < 1:
             raise ValueError(f"resilient(results_window=...) must be >= 1, "
                              f"got {self.results_window}")
+        if self.format not in FORMATS:
+            raise ValueError(f"resilient(format=...) must be one of {', '.join(FORMATS)}, "
+                             f"got {self.format!r}")
         if self.standby is not None and not self.log:
             raise ValueError("resilient(failover=standby(...)) needs log=True: "
                              "standbys follow the call log")
@@ -296,6 +300,7 @@ class _Host:
             self.name, self.index = ray_name or f"{user_cls.__name__}-{ctx.get_actor_id()}", 0
         self.namespace = ctx.namespace
         self.policy = policy
+        self.codec = codec_for(policy.format)
         self.root = Path(policy.store or _default_store())
         self.dir = self.root / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -378,8 +383,8 @@ class _Host:
             try:
                 manifest = self.store.get_manifest(cid)
                 chunk = self.store.get_chunk(manifest.tasks["state"].chunks[0])
-                doc = pickle.loads(chunk)  # noqa: S301 - our own snapshot, checksummed
-            except (CheckpointError, KeyError, pickle.UnpicklingError) as e:
+                doc = self.codec.decode_snapshot(chunk)
+            except (CheckpointError, KeyError) as e:
                 log.warning("%s: snapshot %s unusable (%s); trying an older one", self.name,
                             cid, e)
                 continue
@@ -398,12 +403,12 @@ class _Host:
                 setattr(inst, k, v)
 
     def _capture(self) -> dict[str, Any]:
-        """Synchronous part of a snapshot: state, results and position, pickled now."""
+        """Synchronous part of a snapshot: state, results and position, encoded now."""
         state = self._capture_state_only()
         doc = {"format": _SNAPSHOT_FORMAT, "state": state, "results": list(self.results.items()),
                "seq": self.applied_seq}
         try:
-            data = pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL)
+            data = self.codec.encode_snapshot(doc)
         except Exception as e:
             self._name_unserializable(state, e)
             raise
@@ -414,7 +419,7 @@ class _Host:
         items = state.items() if isinstance(state, dict) else [("__getstate__()", state)]
         for key, value in items:
             try:
-                pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+                self.codec.check_value(value)
             except Exception as e:
                 raise StateNotSerializable(cls_name, str(key), f"{type(e).__name__}: {e}") from e
         raise StateNotSerializable(cls_name, "results of calls",
@@ -464,7 +469,7 @@ class _Host:
         from checkpoint._wal import read_log
 
         for seq, payload in read_log(self.dir / "wal", after_seq=after_seq):
-            call_id, method, args, kwargs = pickle.loads(payload)  # noqa: S301
+            call_id, method, args, kwargs = self.codec.decode_call(payload)
             self._apply(seq, call_id, method, args, kwargs)
             n += 1
         return n
@@ -563,7 +568,7 @@ class _Host:
         for seq, payload in records:
             if seq <= self.applied_seq:
                 continue
-            call_id, method, args, kwargs = pickle.loads(payload)  # noqa: S301
+            call_id, method, args, kwargs = self.codec.decode_call(payload)
             self._apply(seq, call_id, method, args, kwargs)
 
     # -- calls -----------------------------------------------------------------------------
@@ -571,10 +576,10 @@ class _Host:
     def _begin_call(self, blob: bytes) -> tuple[int, tuple[str, Any]]:
         """Dedupe, log and apply one call: (sequence number to wait for, outcome).
 
-        `blob` is the pickled (call id, method, args, kwargs) the caller sent; it is
+        `blob` is the encoded (call id, method, args, kwargs) the caller sent; it is
         also the log record as is. Synchronous: no other call interleaves.
         """
-        call_id, method, args, kwargs = pickle.loads(blob)  # noqa: S301 - from our handle
+        call_id, method, args, kwargs = self.codec.decode_call(blob)
         hit = self.results.get(call_id)
         if hit is not None:
             return hit
@@ -737,19 +742,17 @@ def _task_call_id() -> str:
     return f"task:{ray.get_runtime_context().get_task_id() or uuid.uuid4().hex}"
 
 
-def _proxy(method: str, is_async: bool) -> Callable[..., Any]:
+def _proxy(method: str, is_async: bool, codec: Codec) -> Callable[..., Any]:
     if is_async:
         async def acall(self: _AsyncHost, *args: Any, **kwargs: Any) -> Any:
-            blob = pickle.dumps((_task_call_id(), method, args, kwargs),
-                                protocol=pickle.HIGHEST_PROTOCOL)
+            blob = codec.encode_call(_task_call_id(), method, args, kwargs)
             return await self.__resilient_call__(blob)
 
         acall.__name__ = method
         return acall
 
     def call(self: _SyncHost, *args: Any, **kwargs: Any) -> Any:
-        blob = pickle.dumps((_task_call_id(), method, args, kwargs),
-                            protocol=pickle.HIGHEST_PROTOCOL)
+        blob = codec.encode_call(_task_call_id(), method, args, kwargs)
         return self.__resilient_call__(blob)
 
     call.__name__ = method
@@ -764,7 +767,7 @@ def _make_host(user_cls: type, policy: ActorPolicy, metaclass: type = type) -> t
         "__doc__": user_cls.__doc__,
     }
     for name in _public_methods(user_cls):
-        namespace[name] = _proxy(name, policy.log)
+        namespace[name] = _proxy(name, policy.log, codec_for(policy.format))
     base = _AsyncHost if policy.log else _SyncHost
     host: type = metaclass(user_cls.__name__, (base,), namespace)
     # A name that does not resolve in the module: when the session has a Java
@@ -858,9 +861,9 @@ class ResilientHandle:
         if submit is None:
             submit = self._replica(target).__resilient_call__.options(max_task_retries=retries)
             self._submitters[target] = submit
-        # One pickle, which is also the log record: Ray ships bytes cheaply.
-        ref = submit.remote(pickle.dumps((call_id, method, args, kwargs),
-                                         protocol=pickle.HIGHEST_PROTOCOL))
+        # One encoding, which is also the log record: Ray ships bytes cheaply.
+        ref = submit.remote(codec_for(self._policy.format).encode_call(
+            call_id, method, args, kwargs))
         with self._lock:
             self._pending[ref] = (call_id, method, args, kwargs, target)
             while len(self._pending) > 100_000:
@@ -1183,6 +1186,7 @@ def resilient(
     state: Iterable[str] | None = None,
     store: str | Path | None = None,
     results_window: int = 100_000,
+    format: str = "pickle",
 ) -> Any:
     """Make a Ray actor class exactly-once and failover-safe (see the module docstring).
 
@@ -1195,10 +1199,14 @@ def resilient(
       directly; calls through the plain Ray handle are logged and deduplicated by
       task id (standbys need the `ResilientHandle`, so not in this placement).
 
+    ``format="msgpack"`` keeps snapshots and the call log in MessagePack instead of
+    pickle: plain data only (arguments, results and state), language neutral, and a
+    restore never runs code found in the store (see `resilience._actor_codec`).
+
     Every option is validated now: a wrong one raises here, naming it.
     """
     kwargs: dict[str, Any] = {"log": log, "read_only": frozenset(read_only),
-                              "results_window": results_window,
+                              "results_window": results_window, "format": format,
                               "state": tuple(state) if state is not None else None,
                               "store": str(store) if store is not None else None}
     if checkpoint is not None:

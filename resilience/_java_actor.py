@@ -122,10 +122,15 @@ def java_actor(class_name: str, **policy: Any) -> Any:
 
     `policy` takes what `resilient` takes (``checkpoint=``, ``failover=``, ``detect=``,
     ``log=``, ``store=``). ``.options(name=...)`` and ``.remote()`` as usual; the
-    handle has one method, ``apply(method, *args)``, and ``jvm_pid()``.
+    handle has one method, ``apply(method, *args)``, and ``jvm_pid()``. Snapshots and
+    the call log are MessagePack (``format="msgpack"``), so the Java side reads them
+    too: ``java -cp <jar> io.fusionresilience.Inspect <snapshot chunk>``.
     """
     from resilience._actors import resilient
 
+    if policy.setdefault("format", "msgpack") != "msgpack":
+        raise ValueError(f"java_actor(format=...): a Java actor's snapshots and log are "
+                         f"MessagePack, got {policy['format']!r}")
     cls = type(f"Java_{class_name.rsplit('.', 1)[-1]}", (JavaState,), {
         "__module__": __name__,
         "__doc__": f"Java actor {class_name}, hosted by a resilient Python twin.",

@@ -32,7 +32,7 @@ RESILIENCE = {
     "StoreWriteError", "UserError", "etcd_endpoint", "ray_session",
     "ActorPolicy", "ResilientActorClass", "ResilientHandle", "StateNotSerializable", "resilient",
     "Job", "current_job", "escalate", "every", "missed_heartbeats", "no_progress", "restart",
-    "standby", "JavaCallError", "java_actor",
+    "standby", "JavaCallError", "java_actor", "CallFailed",
 }
 
 
@@ -55,7 +55,7 @@ def test_every_resilience_export_resolves(name: str) -> None:
 def test_one_root_error() -> None:
     for name in ("CheckpointCorrupt", "FencedOut", "FailoverExhausted", "EtcdUnavailable",
                  "JobFailed", "UserError", "IncompatibleState", "StoreWriteError",
-                 "StateNotSerializable"):
+                 "StateNotSerializable", "CallFailed", "JavaCallError"):
         assert issubclass(getattr(resilience, name), resilience.ResilienceError), name
 
 
@@ -69,6 +69,7 @@ def test_errors_survive_pickling() -> None:
         resilience.IncompatibleState("savepoint s", 2, 1),
         resilience.EtcdUnavailable("127.0.0.1:1", "connection refused"),
         resilience.StateNotSerializable("Counter", "lock", "cannot pickle '_thread.lock'"),
+        resilience.CallFailed("InsufficientFunds", "account a-1 is short by 120 cents"),
     ]
     for e in errors:
         back = pickle.loads(pickle.dumps(e))

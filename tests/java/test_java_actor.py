@@ -7,8 +7,11 @@ result delivered twice a repeat.
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +82,41 @@ def test_a_class_that_is_not_resilient_state_is_refused_with_javas_reason(
 ) -> None:
     with pytest.raises(Exception, match=r"java\.lang\.String does not implement"):
         java_actor("java.lang.String", failover=restart(max=1), store=tmp_path).remote()
+
+
+def test_the_java_side_reads_and_restores_a_snapshot_without_python(
+    tmp_path: Path, java_ready: None, java_jar: Path
+) -> None:
+    from checkpoint import FileSystemStore
+    from resilience._java import ray_dist_jar
+
+    counter = java_actor(COUNTER, checkpoint=every(calls=5), store=tmp_path / "store"
+                         ).options(name="java-inspected").remote()
+    for _ in range(12):
+        counter.apply.call("add", 7)
+    with pytest.raises(JavaCallError):
+        counter.apply.call("mul", 2)  # call 13: a recorded error is plain data too
+    for _ in range(3):
+        counter.apply.call("add", 7)
+    store = FileSystemStore(tmp_path / "store", job_id="java-inspected")
+    wait_until(lambda: store.list_checkpoints()[-1] > 14, timeout_s=60,
+               message="no snapshot after the 13th call")
+    manifest = store.get_manifest(store.list_checkpoints()[-1])
+    chunk = store.chunk_path(manifest.tasks["state"].chunks[0])
+    inspect = ["java", "-cp", f"{java_jar}{os.pathsep}{ray_dist_jar()}",
+               "io.fusionresilience.Inspect"]
+    done = subprocess.run([*inspect, "--restore", str(chunk)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    seq = manifest.checkpoint_id - 1
+    assert report == {"class": COUNTER, "seq": seq, "results": seq,
+                      "state": {"total": 7 * (seq - 1)}, "restored": True}
+    # A file that is not such a snapshot: one line, exit 2, no stack trace.
+    bogus = tmp_path / "bogus"
+    bogus.write_bytes(pickle.dumps({"state": 1}))
+    done = subprocess.run([*inspect, str(bogus)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"{bogus}: not a MessagePack actor snapshot "
+                                   "(no 0xC1 marker byte; a pickle snapshot?)")
