@@ -82,10 +82,13 @@ chaos: $(STAMP) java
 	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi; echo "all scenarios passed"
 
 # A randomized campaign: RUNS schedules drawn by hypothesis, a failure shrunk and saved.
+# CAMPAIGN=scenarios/random-etcd.yaml adds etcd member kills and pauses (3-member cluster).
 RUNS ?= 20
+CAMPAIGN ?= scenarios/random-campaign.yaml
 chaos-explore: $(STAMP) java
-	$(BIN)/resilience chaos explore scenarios/random-campaign.yaml --runs $(RUNS) \
-	  --workdir $(CHAOS_OUT)/explore --json $(CHAOS_OUT)/explore.json
+	$(BIN)/resilience chaos explore $(CAMPAIGN) --runs $(RUNS) \
+	  --workdir $(CHAOS_OUT)/explore-$(basename $(notdir $(CAMPAIGN))) \
+	  --json $(CHAOS_OUT)/explore-$(basename $(notdir $(CAMPAIGN))).json
 
 clean:
 	rm -rf $(VENV) build $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/actor_overhead.py [--calls N] [--rounds R]
 
-Three actors with the same class and method (add an int to a counter): plain Ray,
-`@resilient(log=False)` (snapshots only) and `@resilient` (write-ahead log, fsync
-group commit). Each round measures, for each actor, N calls submitted in windows of
-100 concurrent calls (throughput) and 300 sequential calls (latency); rounds are
-interleaved and medians reported. The fsync batch size is calls per flush.
+Four actors with the same class and method (add an int to a counter): plain Ray,
+`@resilient(log=False)` (snapshots only), `@resilient` (write-ahead log, fsync
+group commit) and `@resilient(format="msgpack")` (the same, MessagePack instead of
+pickle for the log and snapshots). Each round measures, for each actor, N calls
+submitted in windows of 100 concurrent calls (throughput) and 300 sequential calls
+(latency); rounds are interleaved and medians reported. The fsync batch size is calls per flush.
 Targets: log off <= 1.10x plain Ray, log on <= 2x.
 """
 
@@ -52,10 +53,12 @@ def main() -> None:
                   "failover": restart(max=10), "store": store}
         no_log = resilient(log=False, **policy)(type("NoLog", (Counter,), {})).remote()
         logged = resilient(**policy)(type("Logged", (Counter,), {})).remote()
+        packed = resilient(format="msgpack", **policy)(type("Packed", (Counter,), {})).remote()
         subjects = {
             "plain Ray": lambda: plain.add.remote(1),
             "resilient, log off": lambda: no_log.add.remote(1),
             "resilient, log on": lambda: logged.add.remote(1),
+            "log on, msgpack": lambda: packed.add.remote(1),
         }
         for s in subjects.values():  # warm up
             timed(s, 500, 100)

@@ -45,7 +45,8 @@ def schedules(scenario: Scenario, max_faults: int | None = None) -> st.SearchStr
     def step(draw: Callable[[Any], Any]) -> FaultStep:
         kind = draw(st.sampled_from(sch.kinds))
         ftype = FAULT_KINDS[kind]
-        target = draw(st.sampled_from(sch.targets)) if ftype.targeted else ""
+        target = (draw(st.sampled_from(ftype.targets_among(sch.targets))) if ftype.targeted
+                  else "")
         # Whole tenths of a second: small values shrink towards the start of the window.
         at = lo + draw(st.integers(0, int((hi - lo) * 10))) / 10
         duration = (draw(st.integers(5, int(sch.max_duration_s * 10))) / 10

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -125,6 +125,10 @@ class FaultType:
     needs: tuple[str, ...] = ()
     available: bool = True
     unavailable_reason: str = ""
+
+    def targets_among(self, targets: Sequence[str]) -> list[str]:
+        """The targets (of a random schedule) this kind of fault can take."""
+        return [t for t in targets if t.startswith(self.target_prefixes)]
 
 
 def _resolve_task(env: Environment, target: str, rng: Any) -> str:

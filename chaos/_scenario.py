@@ -130,7 +130,8 @@ class RandomSchedule:
         steps = []
         for _ in range(self.count):
             kind = rng.choice(self.kinds)
-            target = rng.choice(self.targets) if FAULT_KINDS[kind].targeted else ""
+            ftype = FAULT_KINDS[kind]
+            target = rng.choice(ftype.targets_among(self.targets)) if ftype.targeted else ""
             at = round(rng.uniform(*self.window_s), 2)
             duration = (round(rng.uniform(0.5, self.max_duration_s), 2)
                         if FAULT_KINDS[kind].has_duration else None)
@@ -394,6 +395,18 @@ def _schedule(c: _Checker, node: yaml.Node) -> RandomSchedule:
             raise c.fail(n, f"fault {k!r}: {FAULT_KINDS[k].unavailable_reason}")
     targets = tuple(c.value(n, "schedule.targets[]", str)
                     for n in c.sequence(f["targets"][1], "targets"))
+    for k, n in zip(kinds, c.sequence(f["kinds"][1], "kinds"), strict=True):
+        ftype = FAULT_KINDS[k]
+        if ftype.targeted and not ftype.targets_among(targets):
+            raise c.fail(n, f"fault {k!r} needs a target starting with "
+                            f"{' or '.join(ftype.target_prefixes)} in schedule.targets")
+    for t, n in zip(targets, c.sequence(f["targets"][1], "targets"), strict=True):
+        if not any(FAULT_KINDS[k].targeted and FAULT_KINDS[k].targets_among([t])
+                   for k in kinds):
+            raise c.fail(n, f"target {t!r} suits none of the schedule's kinds")
+        for prefix in ("etcd:", "node:"):
+            if t.startswith(prefix) and not t[len(prefix):].isdigit():
+                raise c.fail(n, f"target {t!r}: {prefix}<index>")
     window = c.value(f["window_s"][1], "window_s", list)
     if len(window) != 2 or not all(isinstance(x, int | float) for x in window) \
             or not 0 <= window[0] < window[1]:

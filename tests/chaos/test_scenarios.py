@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chaos import FAULT_KINDS, InvalidScenario, load_scenario, parse_scenario, scenario_to_yaml
+from chaos._explore import schedules
+from chaos._faults import check_fault
 from resilience.cli import main
 
 SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "scenarios").glob("*.yaml"))
@@ -57,6 +60,15 @@ BAD = [
      "unknown steady-state probe"),
     ("title: x\ninvariants: [exactly_once]\nmethod: []\nschedule: {faults: 1}\n", 4,
      "schedule needs 'kinds'"),
+    ("title: x\ninvariants: [exactly_once]\nschedule:\n  faults: 1\n  kinds:\n    - kill\n"
+     "    - etcd_pause\n  targets: ['task:*']\n  window_s: [0, 1]\n", 7,
+     "fault 'etcd_pause' needs a target starting with etcd: in schedule.targets"),
+    ("title: x\ninvariants: [exactly_once]\nschedule:\n  faults: 1\n  kinds: [etcd_kill]\n"
+     "  targets:\n    - etcd:0\n    - 'etcd:one'\n  window_s: [0, 1]\n", 8,
+     "target 'etcd:one': etcd:<index>"),
+    ("title: x\ninvariants: [exactly_once]\nschedule:\n  faults: 1\n  kinds: [kill]\n"
+     "  targets:\n    - coordinator\n    - etcd:0\n  window_s: [0, 1]\n", 8,
+     "target 'etcd:0' suits none of the schedule's kinds"),
 ]
 
 
@@ -99,3 +111,32 @@ def test_a_random_schedule_replays_from_its_seed(seed: int) -> None:
     for step in scenario.plan(seed):
         assert step.kind in FAULT_KINDS
         assert 0.5 <= (step.at_seconds or 0) <= 6
+
+
+MIXED = parse_scenario("""
+title: mixed targets
+invariants: [exactly_once]
+schedule:
+  faults: 6
+  kinds: [kill, etcd_pause, storage, etcd_kill]
+  targets: ["task:*", coordinator, "etcd:0", "etcd:2"]
+  window_s: [0.5, 3]
+""", source="mixed.yaml")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 10_000))
+def test_a_random_schedule_gives_each_fault_a_target_of_its_own_kind(seed: int) -> None:
+    steps = MIXED.plan(seed)
+    assert len(steps) == 6
+    for step in steps:
+        assert check_fault(step) is None, step
+        if step.kind.startswith("etcd_"):
+            assert step.target in ("etcd:0", "etcd:2")
+
+
+@settings(max_examples=50, deadline=None)
+@given(schedules(MIXED))
+def test_explored_schedules_give_each_fault_a_target_of_its_own_kind(steps: list[Any]) -> None:
+    for step in steps:
+        assert check_fault(step) is None, step
