@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +42,19 @@ from resilience.jobs.payments.job import PaymentsOptions, payments_pipeline
 __all__ = ["RunOptions", "code_version", "run_scenario"]
 
 _SAMPLE_S = 0.25
+# How long a pid query waits before the pid the process reported last is used instead.
+_PID_QUICK_S = 2.0
 Phase = Literal["before", "after"]
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def code_version() -> str:
@@ -111,6 +124,9 @@ class ChaosEnvironment:
         self._cluster: Any = None
         self._nodes: dict[int, Any] = {}
         self._client: EtcdClient | None = None
+        # The pid each process last reported (see `_pid`).
+        self._pids: dict[tuple[str, str], int] = {}
+        self._no_helper: set[tuple[str, str]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -197,14 +213,53 @@ class ChaosEnvironment:
         return sorted(self.runner.tasks)
 
     def task_pid(self, task: str) -> int:
-        return int(self.runner.pids()[task])
+        return self._pid(("task", task),
+                         lambda timeout_s: self.runner.pids(timeout_s, tasks=[task])[task])
 
     def helper_pids(self, kind: str) -> dict[str, int]:
-        return {task: pids[kind] for task, pids in self.runner.helper_pids().items()
-                if kind in pids}
+        def ask(task: str) -> Callable[[float], int]:
+            return lambda timeout_s: self.runner.helper_pids(timeout_s, tasks=[task])[task][kind]
+
+        out: dict[str, int] = {}
+        for task in self.task_names():
+            if (kind, task) in self._no_helper:
+                continue  # an operator's helpers do not change across restarts
+            try:
+                out[task] = self._pid((kind, task), ask(task))
+            except KeyError:
+                self._no_helper.add((kind, task))
+        return out
 
     def coordinator_pid(self) -> int:
-        return int(self.runner.coordinator_pid())
+        return self._pid(("coordinator", ""), self.runner.coordinator_pid)
+
+    def remember_pids(self) -> None:
+        """Ask every process for its pid while none is stopped (the job has just started)."""
+        with contextlib.suppress(Exception):
+            self.coordinator_pid()
+            for task in self.task_names():
+                self.task_pid(task)
+            self.helper_pids("java")
+
+    def _pid(self, key: tuple[str, str], ask: Callable[[float], int]) -> int:
+        """A process's pid, without waiting for a process that a fault has stopped.
+
+        The actor itself is asked, but an actor stopped by an earlier pause never answers:
+        after a short wait the pid it last reported is used while that process exists
+        (stopped or not). A process that is gone (killed, being restarted by Ray) is
+        asked again and waited for.
+        """
+        from ray.exceptions import GetTimeoutError
+
+        try:
+            pid = int(ask(_PID_QUICK_S))
+        except GetTimeoutError:
+            last = self._pids.get(key)
+            if last is not None and _process_exists(last):
+                return last
+            pid = int(ask(30.0))
+        self._pids[key] = pid
+        return pid
 
     def etcd_member(self, index: int) -> Any:
         if not isinstance(self._etcd, EmbeddedEtcdCluster):
@@ -357,6 +412,7 @@ def _run_method(scenario: Scenario, env: ChaosEnvironment, plan: list[FaultStep]
             raise TimeoutError("the job did not start within its timeout")
         time.sleep(_SAMPLE_S)
     journal("running", "the job runs; checking the steady state")
+    env.remember_pids()
     state.steady += _steady_checks(scenario, env, state, t0, "before", journal)
     start = time.time()
     pending = list(plan)
@@ -365,16 +421,17 @@ def _run_method(scenario: Scenario, env: ChaosEnvironment, plan: list[FaultStep]
     while True:
         st = _sample(env, state, t0)
         now = time.time()
+        # Heals first: a fault's duration must not stretch while another is injected.
+        for a in list(active):
+            if a.heal_at is not None and now >= a.heal_at:
+                _heal(a, state, journal, t0, why="duration over")
+                active.remove(a)
         for step in list(pending):
             due = (step.at_lines is not None and st.get("lines_read", 0) >= step.at_lines) or \
                   (step.at_seconds is not None and now - start >= step.at_seconds)
             if due and not st.get("finished"):
                 pending.remove(step)
                 _inject(step, env, rng, journal, state, active, t0)
-        for a in list(active):
-            if a.heal_at is not None and now >= a.heal_at:
-                _heal(a, state, journal, t0, why="duration over")
-                active.remove(a)
         for r in st.get("restores", []):
             # Keyed by generation: a restarted coordinator starts a fresh list.
             if r["reason"] != "job start" and r["generation"] not in restores_seen:

@@ -25,7 +25,7 @@ __all__ = ["STORE_WRITE", "arm", "armed", "disarm", "hit", "io_hook", "take"]
 STORE_WRITE = "store.write"
 """The fault point of every checkpoint store write."""
 
-_ACTIONS = ("kill", "enospc", "eio", "on")
+_ACTIONS = ("kill", "exit", "enospc", "eio", "on")
 
 
 def _path(workdir: Path, name: str) -> Path:
@@ -45,7 +45,8 @@ def arm(workdir: Path, name: str, action: str = "kill") -> None:
     """Arm fault point `name` under `workdir` with `action` (``kill`` or ``pause S``)."""
     if action not in _ACTIONS and not action.startswith(("pause ", "slow ")):
         raise ValueError(
-            f"unknown fault action {action!r} (use kill, enospc, eio, 'pause S' or 'slow S')"
+            f"unknown fault action {action!r} (use kill, exit, enospc, eio, on, 'pause S' "
+            "or 'slow S')"
         )
     p = _path(workdir, name)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import ray
@@ -94,14 +94,21 @@ class PipelineRunner:
                 )
             time.sleep(poll_s)
 
-    def pids(self, timeout_s: float = 30.0) -> dict[str, int]:
-        """Worker process id of every task (waits for restarting tasks)."""
-        refs = {tid: h.pid.remote() for tid, h in self.tasks.items()}
+    def pids(self, timeout_s: float = 30.0, tasks: Iterable[str] | None = None
+             ) -> dict[str, int]:
+        """Worker process id of every task, or of `tasks` (waits for restarting tasks).
+
+        A stopped (SIGSTOP) task never answers: `ray.exceptions.GetTimeoutError` after
+        `timeout_s`.
+        """
+        refs = {tid: self.tasks[tid].pid.remote() for tid in (tasks or self.tasks)}
         return {tid: int(ray.get(ref, timeout=timeout_s)) for tid, ref in refs.items()}
 
-    def helper_pids(self, timeout_s: float = 30.0) -> dict[str, dict[str, int]]:
-        """Per task, the other processes its operator runs (``{"java": pid}``), if any."""
-        refs = {tid: h.helper_pids.remote() for tid, h in self.tasks.items()}
+    def helper_pids(self, timeout_s: float = 30.0, tasks: Iterable[str] | None = None
+                    ) -> dict[str, dict[str, int]]:
+        """Per task (or per task of `tasks`), the other processes its operator runs
+        (``{"java": pid}``), if any."""
+        refs = {tid: self.tasks[tid].helper_pids.remote() for tid in (tasks or self.tasks)}
         out = {tid: dict(ray.get(ref, timeout=timeout_s)) for tid, ref in refs.items()}
         return {tid: pids for tid, pids in out.items() if pids}
 

@@ -110,3 +110,29 @@ invariants: [exactly_once]
     pid = int(fault.detail.split()[-1])
     # The paused process was resumed by the rollback (or is gone), never left stopped.
     assert process_state(pid) != "T", f"process {pid} still stopped"
+
+
+def test_a_fault_on_a_stopped_task_does_not_wait_for_it_to_answer(
+    tmp_path: Path, etcd_server: Any, ray_local: str
+) -> None:
+    """Found by the etcd campaign: the second pause asked the paused task for its pid,
+    waited 30 s, failed to inject, and held back the first pause's heal all that time.
+    """
+    scenario = parse_scenario("""
+title: Overlapping pauses of one task
+job: {kind: payments, events: 60000, accounts: 500, parallelism: 2, checkpoint_interval: 0.3}
+method:
+  - {fault: pause, target: "task:model-0", at: {seconds: 0.3}, duration: 1.5}
+  - {fault: pause, target: "task:model-0", at: {seconds: 0.8}, duration: 0.5}
+abort:
+  - {probe: no_progress, seconds: 25}
+invariants: [exactly_once]
+""", source="overlap.yaml")
+    report = run_scenario(scenario, RunOptions(workdir=tmp_path, progress=False,
+                                               etcd=etcd_server.endpoint))
+    first, second = report.faults
+    assert first.detail.startswith("SIGSTOP pid"), first.detail
+    assert second.detail == first.detail  # injected, on the same (stopped) process
+    assert first.healed_at is not None
+    assert second.healed_at is not None
+    assert report.passed, report.failure_reasons()

@@ -167,18 +167,19 @@ def test_a_java_restore_that_throws_falls_back_to_an_older_checkpoint(
     _assert_exactly_once(payments_input, tmp_path, python_reference)
 
 
+@pytest.mark.parametrize("how", ["kill", "exit"], ids=["sigkill", "system-exit"])
 def test_a_jvm_killed_during_a_checkpoint_leaves_it_incomplete(
-    payments_input: Path, python_reference: Path, tmp_path: Path, etcd_server: Any
+    how: str, payments_input: Path, python_reference: Path, tmp_path: Path, etcd_server: Any
 ) -> None:
     seen: dict[str, Any] = {}
 
     def chaos(runner: PipelineRunner) -> None:
         st = _wait_lines(runner, 15_000)
-        faultpoints.arm(tmp_path, "balances-1.java_snapshot", "kill")
+        faultpoints.arm(tmp_path, "balances-1.java_snapshot", how)
         _restored_after(runner, st["generation"], "a JVM killed in a snapshot")
         seen["restore"] = (runner.status() or {})["restores"][-1]
 
-    status = _run(payments_input, tmp_path, etcd_server.endpoint, "snap-kill", chaos=chaos)
+    status = _run(payments_input, tmp_path, etcd_server.endpoint, f"snap-{how}", chaos=chaos)
     restore = seen["restore"]
     assert "balances-1" in restore["reason"], restore
     # The checkpoint the JVM died in never completed: the job came back from the one

@@ -57,14 +57,16 @@ from resilience.jobs.payments.job import STATE_SCHEMA_VERSION, _check_schema
 
 __all__ = ["JavaBalances"]
 
+_EXIT_CODE = 3  # what the `exit` fault point makes the JVM exit with
+
 
 class JavaBalances:
     """Per-account balances held by a Java actor; checkpointed like `Balances`.
 
     Fault points (for tests and chaos drills, see `resilience.faultpoints`):
     ``balances-<i>.java_snapshot`` (``kill``: SIGKILL the JVM just before the snapshot
-    call) and ``balances-<i>.java_restore`` (``on``: the Java restore throws); both
-    one-shot.
+    call; ``exit``: the JVM calls ``System.exit`` inside it) and
+    ``balances-<i>.java_restore`` (``on``: the Java restore throws); all one-shot.
     """
 
     def __init__(self, standby: bool = True) -> None:
@@ -165,10 +167,13 @@ class JavaBalances:
     # -- checkpoints ---------------------------------------------------------------------
 
     def snapshot(self, checkpoint_id: int) -> SnapshotWriter:
-        if self._point("java_snapshot") == "kill":
-            # The JVM dies during the checkpoint: the snapshot call below fails, so the
-            # checkpoint cannot complete, and the job is restored from the previous one.
+        point = self._point("java_snapshot")
+        # The JVM dies during the checkpoint: the snapshot call below fails, so the
+        # checkpoint cannot complete, and the job is restored from the previous one.
+        if point == "kill":
             os.kill(int(self._get("pid")), signal.SIGKILL)
+        elif point == "exit":
+            self._get("exitInNextSnapshot", _EXIT_CODE)
         if self._full_next:
             # After a restore into other key groups the chain starts over: the first
             # delta must carry every key (KeyedState.restore_detached said so).

@@ -38,6 +38,7 @@ public final class BalancesStage {
   private Map<String, Long> balances = new HashMap<>();
   private Set<String> dirty = new HashSet<>();
   private boolean failNextRestore;
+  private int exitInNextSnapshot = -1;
 
   /** An empty stage (also what Ray's restart of a crashed actor gives). */
   public BalancesStage() {}
@@ -142,6 +143,7 @@ public final class BalancesStage {
    *     number of accounts held)
    */
   public byte[] snapshotDelta() {
+    exitIfArmed();
     Map<String, Long> changed = new TreeMap<>();
     for (String account : dirty) {
       changed.put(account, balances.get(account));
@@ -156,6 +158,7 @@ public final class BalancesStage {
 
   /** The full state as MessagePack {@code {account: balance}} (does not touch the delta). */
   public byte[] snapshot() {
+    exitIfArmed();
     return Msg.packLongMap(balances);
   }
 
@@ -193,6 +196,24 @@ public final class BalancesStage {
     boolean previous = failNextRestore;
     failNextRestore = fail;
     return previous;
+  }
+
+  /**
+   * Test hook: the next {@link #snapshotDelta()} or {@link #snapshot()} calls {@code
+   * System.exit(code)} instead of answering: a JVM that ends itself in the middle of a
+   * checkpoint (a fatal error handler, an operator's script), as opposed to a SIGKILL.
+   *
+   * @return {@code code}
+   */
+  public long exitInNextSnapshot(long code) {
+    exitInNextSnapshot = (int) code;
+    return code;
+  }
+
+  private void exitIfArmed() {
+    if (exitInNextSnapshot >= 0) {
+      System.exit(exitInNextSnapshot);
+    }
   }
 
   /** The process id of this actor's JVM. */
