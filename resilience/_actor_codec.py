@@ -125,9 +125,12 @@ class MsgpackCodec(Codec):
         doc = _unpack(data, "actor snapshot")
         if not isinstance(doc, dict) or not {"state", "results", "seq"} <= doc.keys():
             raise CheckpointCorrupt("actor snapshot", "not a snapshot document")
-        doc["results"] = [
-            (call_id, (seq, (kind, _decode_error(value) if kind == "err" else value)))
-            for call_id, seq, kind, value in doc["results"]]
+        try:
+            doc["results"] = [
+                (call_id, (int(seq), (kind, _decode_error(value) if kind == "err" else value)))
+                for call_id, seq, kind, value in doc["results"]]
+        except (TypeError, ValueError, AttributeError) as e:
+            raise CheckpointCorrupt("actor snapshot", f"malformed results: {e}") from e
         return dict(doc)
 
     def check_value(self, value: Any) -> None:

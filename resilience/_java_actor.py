@@ -89,6 +89,9 @@ class JavaState:
         return {"class": self.class_name, "msgpack": self._call("snapshot")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("msgpack"), bytes):
+            raise CheckpointCorrupt(f"snapshot of Java actor {self.class_name}",
+                                    "not {'class': ..., 'msgpack': bytes}")
         if state.get("class") != self.class_name:
             raise CheckpointCorrupt(f"snapshot of Java actor {self.class_name}",
                                     f"it holds state of {state.get('class')!r}")

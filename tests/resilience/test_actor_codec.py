@@ -119,6 +119,15 @@ def test_damaged_msgpack_records_are_corrupt_not_a_crash(data: bytes) -> None:
         codec.decode_call(data)
 
 
+@pytest.mark.parametrize("results", [[["id", 1, "ok"]], [5], [["id", "x", "ok", 1]],
+                                     [["id", 1, "err", 7]]])
+def test_a_snapshot_with_malformed_results_is_corrupt(results: list[Any]) -> None:
+    data = MSGPACK_MAGIC + msgpack.packb({"format": 1, "state": {}, "seq": 1,
+                                          "results": results})
+    with pytest.raises(CheckpointCorrupt, match="malformed results"):
+        codec_for("msgpack").decode_snapshot(data)
+
+
 def test_a_pickle_snapshot_that_is_not_one_is_corrupt() -> None:
     with pytest.raises(CheckpointCorrupt, match="not a pickle"):
         codec_for("pickle").decode_snapshot(b"\x80\x05garbage")
