@@ -23,6 +23,7 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
+from hypothesis.reporting import with_reporter
 
 import chaos.report as rep
 from chaos._faults import FAULT_KINDS, FaultStep
@@ -126,14 +127,17 @@ def explore(
         if etcd is None and "etcd_cluster" not in scenario.needs():
             etcd = shared.enter_context(EmbeddedEtcd(base / "etcd")).endpoint
     try:
-        find(
-            schedules(scenario),
-            failing,
-            settings=settings(max_examples=runs, database=None, deadline=None,
-                              derandomize=False, phases=[Phase.generate, Phase.shrink],
-                              suppress_health_check=list(HealthCheck)),
-            random=__import__("random").Random(seed),
-        )
+        # Our run budget bounds the shrink; hypothesis's own notes (a five-minute shrink
+        # warning meant for its test-suite users) would only confuse a campaign's log.
+        with with_reporter(lambda _message: None):
+            find(
+                schedules(scenario),
+                failing,
+                settings=settings(max_examples=runs, database=None, deadline=None,
+                                  derandomize=False, phases=[Phase.generate, Phase.shrink],
+                                  suppress_health_check=list(HealthCheck)),
+                random=__import__("random").Random(seed),
+            )
     except NoSuchExample:
         pass
     except Exception as e:  # noqa: BLE001 - flaky reproductions end the shrink, not the search
