@@ -14,6 +14,7 @@ uses them is refused with the reason, not silently ignored.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 from checkpoint import FileSystemStore
 from resilience import faultpoints
+from resilience.clock import skew, unskew
 
 __all__ = ["FAULT_KINDS", "FaultStep", "FaultType", "Injected", "check_fault"]
 
@@ -234,6 +236,17 @@ def _storage(env: Environment, step: FaultStep, rng: Any) -> Injected:
                     lambda: faultpoints.disarm(env.job_dir, faultpoints.STORE_WRITE))
 
 
+def _clock_skew(env: Environment, step: FaultStep, rng: Any) -> Injected:
+    if step.target == "coordinator":
+        component = "coordinator"
+    else:
+        component = f"task:{_resolve_task(env, step.target, rng)}"
+    s = skew(env.job_dir, component, offset_s=float(step.params.get("offset_s", 0.0)),
+             rate=float(step.params.get("rate", 1.0)))
+    return Injected(step, component, f"clock at {s.rate:g}x real speed, {s.offset_s:+g} s",
+                    lambda: unskew(env.job_dir, component))
+
+
 def _corrupt_checkpoint(env: Environment, step: FaultStep, rng: Any) -> Injected:
     store = FileSystemStore(env.job_dir / "checkpoints", job_id=env.job_id)
     ids = store.list_checkpoints()
@@ -314,10 +327,27 @@ FAULT_KINDS: dict[str, FaultType] = {f.name: f for f in [
               unavailable_reason=_LATER.format("cross-datacenter replication")),
     FaultType("poison_labels", "poisoned labels for a window", None, has_duration=True,
               available=False, unavailable_reason=_LATER.format("model version rollback")),
-    FaultType("clock_skew", "skew the time source of a component", None, targeted=True,
-              has_duration=True, available=False,
-              unavailable_reason=_LATER.format("a project clock read by the runtime")),
+    FaultType("clock_skew", "skew the project clock of the coordinator or a task for "
+              "`duration` (params rate: speed vs real time, offset_s: a jump)", _clock_skew,
+              targeted=True, target_prefixes=("task:", "coordinator"), has_duration=True,
+              duration_required=True),
 ]}
+
+
+def _clock_params_problem(params: Mapping[str, Any]) -> str | None:
+    unknown = sorted(set(params) - {"rate", "offset_s"})
+    if unknown:
+        return f"clock_skew params are rate and offset_s, not {', '.join(unknown)}"
+    if not params:
+        return "clock_skew needs params rate (speed vs real time) and/or offset_s (a jump)"
+    for name in ("rate", "offset_s"):
+        value = params.get(name, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value):
+            return f"clock_skew params {name} must be a number, got {value!r}"
+    if params.get("rate", 1.0) < 0:
+        return "clock_skew params rate must be >= 0 (0 stops the clock)"
+    return None
 
 
 def check_fault(step: FaultStep) -> str | None:
@@ -345,6 +375,10 @@ def check_fault(step: FaultStep) -> str | None:
     if step.kind == "storage" and step.params.get("mode", "enospc") not in (
             "enospc", "eio", "slow"):
         return "storage params mode must be enospc, eio or slow"
+    if step.kind == "clock_skew":
+        problem = _clock_params_problem(step.params)
+        if problem:
+            return problem
     for prefix in ("etcd:", "node:"):
         if step.target.startswith(prefix) and not step.target[len(prefix):].isdigit():
             return f"target {step.target!r}: {prefix}<index>"

@@ -56,6 +56,7 @@ from resilience._etcd import EtcdClient, EtcdError
 from resilience._runtime._registry import CheckpointRecord, CheckpointRegistry, job_prefix
 from resilience._runtime._savepoints import import_savepoint, open_savepoint, savepoint_store
 from resilience._runtime._spec import PipelineSpec
+from resilience.clock import ProjectClock
 from resilience.coordination import CoordinationError, LeaderElection, Leadership
 
 __all__ = ["JobCoordinator"]
@@ -123,7 +124,9 @@ class JobCoordinator:
         self.source_id = next(t.task_id for t in self.task_specs if t.is_source)
         self.sink_ids = [t.task_id for t in self.task_specs if t.commits]
         self._handles: dict[str, Any] = {}
-        self.core = CoordinatorCore(self.task_ids, self.config, clock=time.monotonic)
+        # Decisions read the project clock (a drill may skew it); durations stay real.
+        self.clock = ProjectClock(spec.workdir, "coordinator")
+        self.core = CoordinatorCore(self.task_ids, self.config, clock=self.clock.monotonic)
         self.events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.leadership: Leadership | None = None
         ctx = ray.get_runtime_context()
@@ -220,7 +223,8 @@ class JobCoordinator:
         """Become the job's leader, taking over from a dead incarnation of this actor."""
         self._set(state="electing")
         election = LeaderElection(
-            self.client, f"jobs/{self.spec.job_id}", self.holder, ttl_s=self.spec.lease_ttl_s
+            self.client, f"jobs/{self.spec.job_id}", self.holder, ttl_s=self.spec.lease_ttl_s,
+            clock=self.clock.monotonic,
         )
         while not self._stop.is_set():
             try:

@@ -57,6 +57,7 @@ from resilience._runtime._operator import (
     has_commit_hooks,
 )
 from resilience._runtime._spec import OutputSpec, TaskSpec
+from resilience.clock import ProjectClock
 
 __all__ = ["TaskActor", "split_snapshot"]
 
@@ -192,7 +193,9 @@ class TaskActor:
         self.generation = UNRESTORED
         self.failed = False
         self.outputs = [_Output(o, spec.namespace, spec.window) for o in spec.outputs]
-        self.aligner = BarrierAligner(spec.n_inputs, alignment_timeout_s=self._alignment_timeout())
+        self.clock = ProjectClock(spec.workdir, f"task:{spec.task_id}")
+        self.aligner = BarrierAligner(spec.n_inputs, alignment_timeout_s=self._alignment_timeout(),
+                                      clock=self.clock.monotonic)
         self.writer = ThreadPoolExecutor(1, thread_name_prefix=f"snapshot-{spec.task_id}")
         self._failed_writers: queue.SimpleQueue[SnapshotWriter] = queue.SimpleQueue()
         self._open_unaligned: tuple[int, SnapshotWriter, dict[int, list[Any]]] | None = None
@@ -295,7 +298,8 @@ class TaskActor:
         for out in self.outputs:
             out.reset()
         self.aligner = BarrierAligner(
-            self.spec.n_inputs, alignment_timeout_s=self._alignment_timeout()
+            self.spec.n_inputs, alignment_timeout_s=self._alignment_timeout(),
+            clock=self.clock.monotonic,
         )
         self._open_unaligned = None
         self._must_align = set()

@@ -136,3 +136,31 @@ invariants: [exactly_once]
     assert first.healed_at is not None
     assert second.healed_at is not None
     assert report.passed, report.failure_reasons()
+
+
+def test_a_leader_whose_clock_runs_slow_is_fenced_out_and_re_elected(
+    tmp_path: Path, etcd_server: Any, ray_local: str
+) -> None:
+    """At a tenth of real speed the coordinator renews its 3 s lease every 10 s: etcd
+    expires it while the coordinator still believes it leads. It must be stopped by the
+    fence (or notice the loss), campaign under a new epoch, and lose nothing."""
+    scenario = parse_scenario("""
+title: A slow leader clock
+job: {kind: payments, events: 80000, accounts: 1000, parallelism: 2, checkpoint_interval: 0.3}
+method:
+  - {fault: clock_skew, target: coordinator, at: {lines: 15000}, duration: 6, params: {rate: 0.1}}
+abort:
+  - {probe: no_progress, seconds: 60}
+invariants: [exactly_once, no_split_brain, {rpo: {max_lost: 0}}]
+""", source="slow-clock.yaml")
+    report = run_scenario(scenario, RunOptions(workdir=tmp_path, progress=False,
+                                               etcd=etcd_server.endpoint))
+    assert report.passed, report.failure_reasons()
+    (fault,) = report.faults
+    assert fault.detail == "clock at 0.1x real speed, +0 s"
+    leaders = next(i for i in report.invariants if i.name == "no_split_brain").data["leaders"]
+    epochs_after = [epoch for at, epoch, _holder in leaders if at > fault.injected_at]
+    assert epochs_after, f"no new reign after the skew: {leaders}"
+    assert min(epochs_after) > max(epoch for at, epoch, _ in leaders if at <= fault.injected_at)
+    restores = [e.message for e in report.journal if e.kind == "restore"]
+    assert any("leadership lost" in m or "fenced out" in m for m in restores), restores

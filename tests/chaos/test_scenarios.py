@@ -60,6 +60,14 @@ BAD = [
      "unknown steady-state probe"),
     ("title: x\ninvariants: [exactly_once]\nmethod: []\nschedule: {faults: 1}\n", 4,
      "schedule needs 'kinds'"),
+    ("title: x\ninvariants: [exactly_once]\nmethod:\n  - {fault: clock_skew, target: coordinator, "
+     "duration: 2, at: {seconds: 1}}\n", 4, "clock_skew needs params rate"),
+    ("title: x\ninvariants: [exactly_once]\nmethod:\n  - {fault: clock_skew, target: coordinator, "
+     "duration: 2, at: {seconds: 1}, params: {rate: -2}}\n", 4, "rate must be >= 0"),
+    ("title: x\ninvariants: [exactly_once]\nmethod:\n  - {fault: clock_skew, target: coordinator, "
+     "duration: 2, at: {seconds: 1}, params: {rate: fast}}\n", 4, "rate must be a number"),
+    ("title: x\ninvariants: [exactly_once]\nmethod:\n  - {fault: clock_skew, target: 'etcd:0', "
+     "duration: 2, at: {seconds: 1}, params: {rate: 2}}\n", 4, "must start with task: or coord"),
     ("title: x\ninvariants: [exactly_once]\nschedule:\n  faults: 1\n  kinds:\n    - kill\n"
      "    - etcd_pause\n  targets: ['task:*']\n  window_s: [0, 1]\n", 7,
      "fault 'etcd_pause' needs a target starting with etcd: in schedule.targets"),
