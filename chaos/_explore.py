@@ -52,7 +52,10 @@ def schedules(scenario: Scenario, max_faults: int | None = None) -> st.SearchStr
         at = lo + draw(st.integers(0, int((hi - lo) * 10))) / 10
         duration = (draw(st.integers(5, int(sch.max_duration_s * 10))) / 10
                     if ftype.has_duration else None)
-        return FaultStep(kind=kind, target=target, at_seconds=round(at, 1), duration=duration)
+        params = (dict(draw(st.sampled_from(ftype.random_params))) if ftype.random_params
+                  else {})
+        return FaultStep(kind=kind, target=target, at_seconds=round(at, 1), duration=duration,
+                         params=params)
 
     return st.lists(step(), min_size=1, max_size=max_faults or sch.count)
 

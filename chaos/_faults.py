@@ -59,7 +59,9 @@ class FaultStep:
                 else f"at {self.at_seconds:g}s" if self.at_seconds is not None else "at once")
         dur = f" for {self.duration:g}s" if self.duration is not None else ""
         tgt = f" {self.target}" if self.target else ""
-        return f"{self.kind}{tgt} {when}{dur}"
+        args = (" (" + ", ".join(f"{k}={v}" for k, v in sorted(self.params.items())) + ")"
+                if self.params else "")
+        return f"{self.kind}{tgt} {when}{dur}{args}"
 
 
 class Environment(Protocol):
@@ -127,6 +129,8 @@ class FaultType:
     needs: tuple[str, ...] = ()
     available: bool = True
     unavailable_reason: str = ""
+    # What a random schedule picks `params` from (a kind whose params have defaults: none).
+    random_params: tuple[Mapping[str, Any], ...] = ()
 
     def targets_among(self, targets: Sequence[str]) -> list[str]:
         """The targets (of a random schedule) this kind of fault can take."""
@@ -330,7 +334,8 @@ FAULT_KINDS: dict[str, FaultType] = {f.name: f for f in [
     FaultType("clock_skew", "skew the project clock of the coordinator or a task for "
               "`duration` (params rate: speed vs real time, offset_s: a jump)", _clock_skew,
               targeted=True, target_prefixes=("task:", "coordinator"), has_duration=True,
-              duration_required=True),
+              duration_required=True,
+              random_params=({"rate": 0.1}, {"rate": 0.5}, {"rate": 4.0}, {"offset_s": 30.0})),
 ]}
 
 

@@ -135,7 +135,9 @@ class RandomSchedule:
             at = round(rng.uniform(*self.window_s), 2)
             duration = (round(rng.uniform(0.5, self.max_duration_s), 2)
                         if FAULT_KINDS[kind].has_duration else None)
-            steps.append(FaultStep(kind=kind, target=target, at_seconds=at, duration=duration))
+            params = dict(rng.choice(ftype.random_params)) if ftype.random_params else {}
+            steps.append(FaultStep(kind=kind, target=target, at_seconds=at, duration=duration,
+                                   params=params))
         return sorted(steps, key=lambda s: s.at_seconds or 0.0)
 
 

@@ -126,7 +126,7 @@ title: mixed targets
 invariants: [exactly_once]
 schedule:
   faults: 6
-  kinds: [kill, etcd_pause, storage, etcd_kill]
+  kinds: [kill, etcd_pause, storage, etcd_kill, clock_skew]
   targets: ["task:*", coordinator, "etcd:0", "etcd:2"]
   window_s: [0.5, 3]
 """, source="mixed.yaml")
