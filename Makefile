@@ -75,7 +75,7 @@ CHAOS_OUT := build/chaos
 SCENARIOS := $(sort $(wildcard scenarios/*.yaml))
 chaos: $(STAMP) java
 	@mkdir -p $(CHAOS_OUT); failed=""; \
-	for s in $(SCENARIOS); do n=$$(basename $$s .yaml); \
+	for s in $(SCENARIOS); do n=$$(basename $$s .yaml); rm -rf $(CHAOS_OUT)/$$n; \
 	  $(BIN)/resilience chaos run $$s --quiet --workdir $(CHAOS_OUT)/$$n \
 	    --json $(CHAOS_OUT)/$$n.json --html $(CHAOS_OUT)/$$n.html || failed="$$failed $$n"; \
 	done; \
@@ -86,6 +86,7 @@ chaos: $(STAMP) java
 RUNS ?= 20
 CAMPAIGN ?= scenarios/random-campaign.yaml
 chaos-explore: $(STAMP) java
+	rm -rf $(CHAOS_OUT)/explore-$(basename $(notdir $(CAMPAIGN)))
 	$(BIN)/resilience chaos explore $(CAMPAIGN) --runs $(RUNS) \
 	  --workdir $(CHAOS_OUT)/explore-$(basename $(notdir $(CAMPAIGN))) \
 	  --json $(CHAOS_OUT)/explore-$(basename $(notdir $(CAMPAIGN))).json

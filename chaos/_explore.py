@@ -29,7 +29,7 @@ import chaos.report as rep
 from chaos._faults import FAULT_KINDS, FaultStep
 from chaos._runner import RunOptions, run_scenario
 from chaos._scenario import InvalidScenario, Scenario, scenario_to_yaml
-from resilience import EmbeddedEtcd, ray_session
+from resilience import EmbeddedEtcd, UserError, ray_session
 
 __all__ = ["ExploreResult", "explore", "schedules"]
 
@@ -90,6 +90,9 @@ def explore(
     """Search for a fault schedule that breaks an invariant; shrink and save it."""
     result = ExploreResult()
     base = Path(workdir or Path.cwd() / "chaos-explore" / str(int(time.time())))
+    if any(base.glob("run-*")):
+        raise UserError(f"workdir {base} holds an earlier campaign (run-*): give a new "
+                        "--workdir, or remove that one first")
     best: list[list[FaultStep]] = []
     first_failure_at: list[int] = []
     started = time.time()

@@ -33,6 +33,7 @@ from resilience import (
     EmbeddedEtcdCluster,
     EtcdClient,
     PipelineRunner,
+    UserError,
     ray_session,
 )
 from resilience.checker import parse_transfer, verify
@@ -350,6 +351,12 @@ def run_scenario(scenario: Scenario, opts: RunOptions | None = None) -> rep.Repo
     opts = opts or RunOptions()
     workdir = Path(opts.workdir or Path.cwd() / "chaos-runs" /
                    f"{int(time.time())}-{os.getpid()}").resolve()
+    earlier = [p.name for p in (workdir / "job", workdir / "journal.jsonl") if p.exists()]
+    if earlier:
+        # The new job would append to the earlier run's ledger, and the checker would
+        # rightly count every event twice: a run needs a workdir of its own.
+        raise UserError(f"workdir {workdir} holds an earlier run ({', '.join(earlier)}): "
+                        "give a new --workdir, or remove that one first")
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     journal = _Journal(workdir / "journal.jsonl", t0, opts.progress)

@@ -148,3 +148,23 @@ def test_a_random_schedule_gives_each_fault_a_target_of_its_own_kind(seed: int) 
 def test_explored_schedules_give_each_fault_a_target_of_its_own_kind(steps: list[Any]) -> None:
     for step in steps:
         assert check_fault(step) is None, step
+
+
+@pytest.mark.parametrize("command", ["run", "explore"])
+def test_a_workdir_with_an_earlier_run_is_refused_before_anything_starts(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A new job would append to the earlier run's ledger (the checker would count every
+    # event twice), so the runner refuses rather than mixing two experiments.
+    earlier = tmp_path / "runs"
+    (earlier / ("job" if command == "run" else "run-001")).mkdir(parents=True)
+    scenario = Path(__file__).resolve().parents[2] / "scenarios" / (
+        "actor-crash.yaml" if command == "run" else "random-campaign.yaml")
+    runs = ["--runs", "3"] if command == "explore" else []
+    assert main(["chaos", command, str(scenario), "--workdir", str(earlier), *runs]) == 2
+    err = capsys.readouterr().err
+    assert f"workdir {earlier}" in err
+    assert "holds an earlier" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in earlier.iterdir()) == (
+        ["job"] if command == "run" else ["run-001"])  # nothing written, nothing started
