@@ -28,6 +28,7 @@ from checkpoint._errors import (
     IncompatibleState,
     InvalidStoreConfig,
     ResilienceError,
+    SinkOwnedElsewhere,
     StoreWriteError,
 )
 from checkpoint._manifest import ChunkRef, Manifest, TaskSnapshot, chunk_ref_of
@@ -92,6 +93,7 @@ __all__ = [
     "RetentionPlan",
     "RewindableSource",
     "SQLiteTwoPhaseSink",
+    "SinkOwnedElsewhere",
     "SourcePosition",
     "StateHandle",
     "StateSnapshot",

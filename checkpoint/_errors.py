@@ -16,6 +16,7 @@ __all__ = [
     "IncompatibleState",
     "InvalidStoreConfig",
     "ResilienceError",
+    "SinkOwnedElsewhere",
     "StoreWriteError",
 ]
 
@@ -46,6 +47,26 @@ class CheckpointCorrupt(CheckpointError):
 
     def __reduce__(self) -> tuple[type[CheckpointCorrupt], tuple[str, str]]:
         return (type(self), (self.what, self.reason))
+
+
+class SinkOwnedElsewhere(CheckpointError):
+    """A sink's table already holds another job's output: writing to it would mix the two.
+
+    Two jobs appending to one ledger would post every transfer twice; the sink that
+    finds its table claimed by another sink id refuses to open instead.
+    """
+
+    def __init__(self, where: str, owner: str, sink_id: str) -> None:
+        super().__init__(
+            f"{where} holds the output of job {owner!r}; job {sink_id!r} will not write to "
+            f"it (use another workdir, or the same job id to resume that job)"
+        )
+        self.where = where
+        self.owner = owner
+        self.sink_id = sink_id
+
+    def __reduce__(self) -> tuple[type[SinkOwnedElsewhere], tuple[str, str, str]]:
+        return (type(self), (self.where, self.owner, self.sink_id))
 
 
 class StoreWriteError(CheckpointError):

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from checkpoint._errors import CheckpointError, FencedOut
+from checkpoint._errors import CheckpointError, FencedOut, SinkOwnedElsewhere
 
 __all__ = ["SQLiteTwoPhaseSink", "TwoPhaseCommitSink"]
 
@@ -147,6 +147,11 @@ class SQLiteTwoPhaseSink:
             "last_committed INTEGER NOT NULL, fencing_epoch INTEGER NOT NULL, "
             "watermark INTEGER NOT NULL)"
         )
+        owner = self._claim(conn)
+        if owner != self.sink_id:
+            conn.execute("ROLLBACK")
+            conn.close()
+            raise SinkOwnedElsewhere(f"table {self.table} of {self.path}", owner, self.sink_id)
         conn.execute(
             "INSERT OR IGNORE INTO _resilience_sinks VALUES (?, 0, 0, 0)", (self.sink_id,)
         )
@@ -154,6 +159,24 @@ class SQLiteTwoPhaseSink:
             conn.execute(ddl)
         conn.execute("COMMIT")
         self._conn = conn
+
+    def _claim(self, conn: sqlite3.Connection) -> str:
+        """The sink id that owns this table, claiming it for this sink if it is free."""
+        conn.execute("CREATE TABLE IF NOT EXISTS _resilience_owners "
+                     "(tbl TEXT PRIMARY KEY, sink_id TEXT NOT NULL)")
+        row = conn.execute("SELECT sink_id FROM _resilience_owners WHERE tbl = ?",
+                           (self.table,)).fetchone()
+        if row is not None:
+            return str(row[0])
+        # A database written before owners were recorded: a table that already holds
+        # rows belongs to the sink that committed them, when that is known.
+        if conn.execute(f"SELECT 1 FROM {self.table} LIMIT 1").fetchone() is not None:
+            committed = [str(r[0]) for r in conn.execute(
+                "SELECT sink_id FROM _resilience_sinks WHERE last_committed > 0")]
+            if len(committed) == 1 and committed[0] != self.sink_id:
+                return committed[0]
+        conn.execute("INSERT INTO _resilience_owners VALUES (?, ?)", (self.table, self.sink_id))
+        return self.sink_id
 
     def close(self) -> None:
         if self._conn is not None:

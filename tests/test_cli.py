@@ -134,3 +134,56 @@ def test_checkpoints_list_and_verify(tmp_path: Path, etcd_server: Any, ray_local
     path.write_bytes(bytes(data))
     assert main(["checkpoints", "verify", *base]) == 1
     assert ref.hex[:12] in capsys.readouterr().out
+
+
+@pytest.mark.ray
+@pytest.mark.etcd
+def test_a_second_job_in_a_jobs_workdir_is_refused_and_changes_nothing(
+    tmp_path: Path, etcd_server: Any, ray_local: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It used to run: every transfer posted twice, and the first job's dead letters gone.
+    src = tmp_path / "in.jsonl"
+    generate(src, events=5_000, accounts=50, seed=1)
+    work = tmp_path / "w"
+    first = f"first-{time.time_ns()}"
+    base = ["--input", str(src), "--workdir", str(work), "--etcd", etcd_server.endpoint,
+            "--no-progress"]
+    assert main(["run", "payments", *base, "--job-id", first]) == 0
+    capsys.readouterr()
+    ledger, dead = (work / "ledger.sqlite").read_bytes(), (work / "dead_letter.jsonl").read_text()
+    assert dead  # the generator writes malformed lines: something to lose
+    assert main(["run", "payments", *base, "--job-id", "second"]) == 2
+    line = _one_line_error(capsys)
+    assert f"workdir {work} belongs to job {first!r}, not 'second'" in line
+    assert (work / "ledger.sqlite").read_bytes() == ledger
+    assert (work / "dead_letter.jsonl").read_text() == dead
+    assert main(["verify", "--input", str(src), "--workdir", str(work)]) == 0
+
+
+def test_claiming_a_workdir_is_once_and_for_one_job(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from resilience import UserError
+    from resilience._runtime._driver import claim_workdir
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda i: _try_claim(claim_workdir, tmp_path, f"job-{i}"),
+                                 range(8)))
+    winners = [o for o in outcomes if o is None]
+    assert len(winners) == 1  # the rest were refused, naming the winner
+    owner = (tmp_path / ".resilience" / "job-id").read_text()
+    assert all(o is not None and f"belongs to job {owner!r}" in o for o in outcomes
+               if o is not None)
+    claim_workdir(tmp_path, owner)  # the owner resumes
+    with pytest.raises(UserError, match=f"--job-id {owner} to resume"):
+        claim_workdir(tmp_path, "another")
+
+
+def _try_claim(claim: Any, workdir: Path, job_id: str) -> str | None:
+    from resilience import UserError
+
+    try:
+        claim(workdir, job_id)
+    except UserError as e:
+        return str(e)
+    return None

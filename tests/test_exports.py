@@ -17,7 +17,8 @@ CHECKPOINT = {
     "FileSystemStore", "GarbageReport", "IncompatibleState", "InvalidStoreConfig",
     "JsonLinesSource", "KeyGroupRange", "KeyedState", "Manifest", "PendingCheckpoint",
     "RecordInFlight", "ResilienceError", "RetentionPlan", "RewindableSource",
-    "SQLiteTwoPhaseSink", "SourcePosition", "StateHandle", "StateSnapshot", "Step",
+    "SQLiteTwoPhaseSink", "SinkOwnedElsewhere", "SourcePosition", "StateHandle",
+    "StateSnapshot", "Step",
     "StoreWriteError", "SupportsGarbageCollection", "TakeSnapshot", "TaskSnapshot",
     "TaskVerification", "TwoPhaseCommitSink", "VerifyReport", "apply_retention",
     "chunk_ref_of", "collect_garbage", "copy_checkpoint", "key_group_of", "partition_of",
@@ -70,6 +71,7 @@ def test_errors_survive_pickling() -> None:
         resilience.EtcdUnavailable("127.0.0.1:1", "connection refused"),
         resilience.StateNotSerializable("Counter", "lock", "cannot pickle '_thread.lock'"),
         resilience.CallFailed("InsufficientFunds", "account a-1 is short by 120 cents"),
+        checkpoint.SinkOwnedElsewhere("table postings of w/ledger.sqlite", "payments", "other"),
     ]
     for e in errors:
         back = pickle.loads(pickle.dumps(e))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-from resilience._errors import JobFailed
+from resilience._errors import JobFailed, UserError
 from resilience._runtime._coordinator import JobCoordinator
 from resilience._runtime._spec import PipelineSpec
 from resilience._runtime._task import TaskActor
@@ -38,6 +41,7 @@ class PipelineRunner:
     def start(self) -> None:
         spec = self.spec
         spec.workdir.mkdir(parents=True, exist_ok=True)
+        claim_workdir(spec.workdir, spec.job_id)
         # Tasks first: the coordinator looks them up by name as soon as it starts.
         for ts in spec.task_specs():
             resources = dict(spec.stage(ts.stage).resources)
@@ -141,3 +145,30 @@ class PipelineRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def claim_workdir(workdir: Path, job_id: str) -> None:
+    """Make `workdir` the workdir of `job_id`, or refuse: one workdir, one job.
+
+    A second job in the same workdir would append to the first one's ledger (every
+    event twice) and restart its dead-letter file from zero; the same job id resumes.
+    The claim is ``WORKDIR/.resilience/job-id``, written once.
+    """
+    marker = workdir / ".resilience" / "job-id"
+    try:
+        owner = marker.read_text().strip()
+    except FileNotFoundError:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_name(f".job-id.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(job_id)
+        try:
+            os.link(tmp, marker)  # atomic, and fails if another job claimed it meanwhile
+        except FileExistsError:
+            owner = marker.read_text().strip()
+        else:
+            owner = job_id
+        finally:
+            tmp.unlink(missing_ok=True)
+    if owner != job_id:
+        raise UserError(f"workdir {workdir} belongs to job {owner!r}, not {job_id!r}: use "
+                        f"another workdir, or --job-id {owner} to resume that job")

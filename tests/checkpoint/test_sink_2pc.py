@@ -9,12 +9,13 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from checkpoint import FencedOut, SQLiteTwoPhaseSink, TwoPhaseCommitSink
+from checkpoint import FencedOut, SinkOwnedElsewhere, SQLiteTwoPhaseSink, TwoPhaseCommitSink
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -376,6 +377,37 @@ def test_sinks_with_different_ids_share_a_database_independently(make_sink: Make
     assert (a.last_committed(), b.last_committed()) == (1, 0)
     assert b.commit(1, fencing_epoch=1) == 3  # a's epoch does not fence b
     assert len(list(a.rows())) == 2
+
+
+def test_a_table_holding_another_jobs_output_is_refused(
+    make_sink: MakeSink, db_path: Path
+) -> None:
+    # Two jobs appending to one ledger would post every transfer twice.
+    first = make_sink(sink_id="payments")
+    first.precommit(1, Ledger().rows(2))
+    first.commit(1, fencing_epoch=1)
+    with pytest.raises(SinkOwnedElsewhere, match=r"holds the output of job 'payments'; "
+                                                  r"job 'other' will not write to it"):
+        make_sink(sink_id="other")
+    with closing(sqlite3.connect(db_path)) as db:  # nothing of "other" was recorded
+        assert [r[0] for r in db.execute("SELECT sink_id FROM _resilience_sinks")] == [
+            "payments"]
+    again = make_sink(sink_id="payments")  # the owner resumes
+    assert again.last_committed() == 1
+    assert make_sink(sink_id="other", table="other_out").last_committed() == 0
+
+
+def test_a_ledger_written_before_owners_were_recorded_keeps_its_owner(
+    make_sink: MakeSink, db_path: Path
+) -> None:
+    first = make_sink(sink_id="payments")
+    first.precommit(1, Ledger().rows(2))
+    first.commit(1, fencing_epoch=1)
+    first.close()
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("DROP TABLE _resilience_owners")
+    with pytest.raises(SinkOwnedElsewhere, match="job 'payments'"):
+        make_sink(sink_id="other")
 
 
 def test_identifiers_are_checked(db_path: Path) -> None:
