@@ -14,9 +14,10 @@ workdir (``.resilience/clock/<component>``) that each clock re-reads at most eve
 50 ms, so a skew reaches every process of the component on this node, restarted ones
 included.
 
-`monotonic` never goes backwards, also when a skew ends: after a fast or forward skew it
-holds still until real time catches up (as a monotonic clock must). `time` is a wall
-clock and may step backwards, as a system clock stepped by NTP does.
+When a skew ends, `monotonic` goes on at real speed from where it stands: no jump either
+way, so healing a slow clock does not look like a sudden leap of time (which would be a
+second fault), and it never goes backwards. `time` is a wall clock: it steps back to the
+system's, backwards too, as a system clock stepped by NTP does.
 
 What the clock is *not* used for: durations the job reports (checkpoint and recovery
 times are measured in real time), and anything that etcd decides (lease expiry is the
@@ -90,6 +91,9 @@ class ProjectClock:
         self._checked_at = -math.inf
         self._last_monotonic = -math.inf
         self._lock = threading.Lock()
+        # What the monotonic clock keeps of the skews that ended: it goes on from there.
+        self._carry = 0.0
+        self._applied: Skew | None = None
 
     def __repr__(self) -> str:
         return f"ProjectClock({self.component!r}, skew={self._skew!r})"
@@ -106,8 +110,15 @@ class ProjectClock:
 
     def monotonic(self) -> float:
         s = self.current_skew()
-        value = time.monotonic() if s is None else s.apply(time.monotonic(), time.time())
+        base, wall = time.monotonic(), time.time()
         with self._lock:
+            if s != self._applied:
+                if self._applied is not None:
+                    # The skew ended (or was replaced) at about now: keep where it took
+                    # the clock (off by at most one refresh of the control file).
+                    self._carry = self._applied.apply(base + self._carry, wall) - base
+                self._applied = s
+            value = base + self._carry if s is None else s.apply(base + self._carry, wall)
             if value < self._last_monotonic:
                 return self._last_monotonic
             self._last_monotonic = value

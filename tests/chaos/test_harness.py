@@ -143,12 +143,17 @@ def test_a_leader_whose_clock_runs_slow_is_fenced_out_and_re_elected(
 ) -> None:
     """At a tenth of real speed the coordinator renews its 3 s lease every 10 s: etcd
     expires it while the coordinator still believes it leads. It must be stopped by the
-    fence (or notice the loss), campaign under a new epoch, and lose nothing."""
+    fence (or notice the loss), campaign under a new epoch, and lose nothing.
+
+    The job must outlive the lapse: 300k events keep it running ~8 s past the skew at
+    full speed (~35k events/s here), and a checkpoint every 0.1 clock-s (1 s real while
+    skewed) meets the fence within about a second of the lease expiring.
+    """
     scenario = parse_scenario("""
 title: A slow leader clock
-job: {kind: payments, events: 80000, accounts: 1000, parallelism: 2, checkpoint_interval: 0.3}
+job: {kind: payments, events: 300000, accounts: 1000, parallelism: 2, checkpoint_interval: 0.1}
 method:
-  - {fault: clock_skew, target: coordinator, at: {lines: 15000}, duration: 6, params: {rate: 0.1}}
+  - {fault: clock_skew, target: coordinator, at: {lines: 10000}, duration: 6, params: {rate: 0.1}}
 abort:
   - {probe: no_progress, seconds: 60}
 invariants: [exactly_once, no_split_brain, {rpo: {max_lost: 0}}]

@@ -51,16 +51,34 @@ def test_a_rate_scales_elapsed_time(tmp_path: Path) -> None:
     assert c1 > c0
 
 
-def test_monotonic_never_goes_back_when_a_forward_skew_ends(tmp_path: Path) -> None:
+def test_when_a_skew_ends_monotonic_goes_on_from_where_it_stands(tmp_path: Path) -> None:
     clock = ProjectClock(tmp_path, "coordinator")
     skew(tmp_path, "coordinator", offset_s=3600)
-    wait_until(lambda: clock.current_skew() is not None, timeout_s=SEEN_S)
+    wait_until(lambda: clock.monotonic() > time.monotonic() + 3000, timeout_s=SEEN_S)
     ahead = clock.monotonic()
     wall_ahead = clock.time()
     unskew(tmp_path, "coordinator")
     wait_until(lambda: clock.current_skew() is None, timeout_s=SEEN_S)
-    assert clock.monotonic() >= ahead  # holds still until real time catches up
+    after = clock.monotonic()
+    assert after >= ahead  # no step back...
+    assert after < time.monotonic() + 3600 + 1  # ...and no second jump
+    r0, c0 = time.monotonic(), clock.monotonic()
+    wait_until(lambda: time.monotonic() - r0 >= 0.3, timeout_s=SEEN_S)
+    assert clock.monotonic() - c0 >= 0.3  # real speed again, not held still
     assert clock.time() < wall_ahead - 3000  # a wall clock steps back, as NTP may
+
+
+def test_healing_a_slow_clock_is_not_a_leap_forward(tmp_path: Path) -> None:
+    clock = ProjectClock(tmp_path, "coordinator")
+    skew(tmp_path, "coordinator", rate=0.0)  # stopped
+    wait_until(lambda: clock.current_skew() is not None, timeout_s=SEEN_S)
+    stopped = clock.monotonic()
+    wait_until(lambda: time.monotonic() - stopped >= 0.5, timeout_s=SEEN_S)
+    assert clock.monotonic() - stopped < 0.1
+    unskew(tmp_path, "coordinator")
+    wait_until(lambda: clock.current_skew() is None, timeout_s=SEEN_S)
+    # A leap of the ~0.5 s it was stopped would expire leases and time out waits at once.
+    assert clock.monotonic() - stopped < 0.4
 
 
 def test_a_damaged_control_file_means_the_system_clock(tmp_path: Path) -> None:
