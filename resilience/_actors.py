@@ -428,6 +428,11 @@ class _Host:
     def _write_snapshot(self, captured: dict[str, Any]) -> None:
         """Background part: chunk, manifest, then drop the log and snapshots it replaces."""
         seq = int(captured["seq"])
+        if self.wal is not None and self.wal.durable_seq < seq:
+            # The log before the snapshot: state is captured after calls are applied but
+            # before their records are fsynced. A snapshot durable before those records
+            # would, after a SIGKILL, cover log positions the reopened log hands out again.
+            self.wal.flush()
         ref = self.store.put_chunk(captured["data"])
         manifest = Manifest(
             job_id=self.name, checkpoint_id=seq + 1,  # ids start at 1; one per log position
@@ -519,6 +524,16 @@ class _Host:
                 self.exhausted, self.role = f"cannot be restored exactly: {e}", "exhausted"
                 return True
             self.wal = WriteAheadLog(self.dir / "wal")
+            if self.wal.last_seq < self.applied_seq:
+                # The snapshot covers calls the log never made durable. New calls would
+                # reuse their log positions, and a later restore from this snapshot would
+                # skip them. Snapshots wait for the log (`_write_snapshot`), so this is
+                # damage from outside: refuse, never silently.
+                why = (f"cannot be restored exactly: the snapshot covers the log up to "
+                       f"{self.applied_seq}, but the log ends at {self.wal.last_seq}")
+                log.error("%s#%d %s", self.name, self.index, why)
+                self.exhausted, self.role = why, "exhausted"
+                return True
             if replayed:
                 log.warning("%s#%d replayed %d logged calls", self.name, self.index, replayed)
         self.epoch = epoch

@@ -51,9 +51,11 @@ def test_a_shipped_scenario_passes(name: str, tmp_path: Path, etcd_server: Any,
         assert job["restores"] >= 1
 
 
+# 80k events: the job runs ~2 s at full speed, so every kill of the window lands while it
+# still runs (with 20k it could finish first, and a replay then passed by timing alone).
 BROKEN = """
 title: A sink that commits before the checkpoint completes (deliberately broken)
-job: {kind: payments, events: 20000, accounts: 500, parallelism: 2, checkpoint_interval: 0.3}
+job: {kind: payments, events: 80000, accounts: 500, parallelism: 2, checkpoint_interval: 0.3}
 method:
   - {fault: bug, at: {seconds: 0}, params: {bug: ledger.commit_early}}
 schedule:
