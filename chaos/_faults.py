@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from checkpoint import FileSystemStore
 from resilience import faultpoints
-from resilience.clock import skew, unskew
+from resilience.clock import Skew, skew, unskew
 
 __all__ = ["FAULT_KINDS", "FaultStep", "FaultType", "Injected", "check_fault"]
 
@@ -350,8 +350,10 @@ def _clock_params_problem(params: Mapping[str, Any]) -> str | None:
         if isinstance(value, bool) or not isinstance(value, int | float) \
                 or not math.isfinite(value):
             return f"clock_skew params {name} must be a number, got {value!r}"
-    if params.get("rate", 1.0) < 0:
-        return "clock_skew params rate must be >= 0 (0 stops the clock)"
+    try:  # the clock's own rules for what a skew may be
+        Skew(offset_s=float(params.get("offset_s", 0.0)), rate=float(params.get("rate", 1.0)))
+    except ValueError as e:
+        return f"clock_skew params: {e}"
     return None
 
 

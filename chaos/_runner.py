@@ -39,6 +39,7 @@ from resilience import (
 from resilience.checker import parse_transfer, verify
 from resilience.jobs.payments.generator import generate
 from resilience.jobs.payments.job import PaymentsOptions, payments_pipeline
+from resilience.testing import process_state
 
 __all__ = ["RunOptions", "code_version", "run_scenario"]
 
@@ -46,16 +47,6 @@ _SAMPLE_S = 0.25
 # How long a pid query waits before the pid the process reported last is used instead.
 _PID_QUICK_S = 2.0
 Phase = Literal["before", "after"]
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def code_version() -> str:
@@ -256,7 +247,7 @@ class ChaosEnvironment:
             pid = int(ask(_PID_QUICK_S))
         except GetTimeoutError:
             last = self._pids.get(key)
-            if last is not None and _process_exists(last):
+            if last is not None and process_state(last) is not None:
                 return last
             pid = int(ask(30.0))
         self._pids[key] = pid
