@@ -17,7 +17,7 @@ DEMO_EVENTS ?= 200000
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(wildcard resilience/*/*.proto)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -34,7 +34,7 @@ unit: $(STAMP)
 	$(BIN)/pytest -m "not slow and not ray and not etcd"
 
 lint: $(STAMP)
-	$(BIN)/ruff check $(wildcard checkpoint resilience chaos tests bench examples)
+	$(BIN)/ruff check $(wildcard checkpoint resilience chaos fusion_jobs tests bench examples)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -65,7 +65,7 @@ soak: $(STAMP)
 
 # Every benchmark, one after the other (long: ~30 min on 2 cores). Figures: BENCHMARKS.md.
 BENCHES := payments_throughput checkpoint_overhead recovery_time incremental_state \
-           actor_overhead actor_recovery java_stage
+           actor_overhead actor_recovery java_stage replication drills
 bench: $(STAMP) java
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 

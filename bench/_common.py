@@ -16,8 +16,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from resilience._embedded_etcd import EmbeddedEtcd
-from resilience._ray import ray_session
+from resilience import EmbeddedEtcd
+from resilience import ray_session
 
 
 def machine() -> str:
@@ -46,3 +46,79 @@ def now() -> float:
 
 def fmt(d: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+class SessionCpu:
+    """CPU seconds (user + system) used by the processes of some sessions, from /proc.
+
+    `watch(label, sid)` counts every process whose session is `sid` under `label` (a
+    process started with `start_new_session=True` leads a session holding everything it
+    starts, Ray's head and workers included); `watch_children(label, pid)` counts the
+    other children of `pid` and their sessions (etcd members lead sessions of their
+    own), unless their session is watched already. A thread samples /proc every `interval_s`
+    and keeps each process's last figure, so one that exits between two samples loses
+    at most that interval; children's times (cutime) are left out, as they are counted
+    from their own samples.
+    """
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        import threading
+
+        self.interval_s = interval_s
+        self._labels: dict[int, str] = {}
+        self._parents: dict[int, str] = {}
+        self._seen: dict[int, tuple[str, float]] = {}
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="session-cpu", daemon=True)
+
+    def watch(self, label: str, sid: int) -> None:
+        with self._lock:
+            self._labels[sid] = label
+
+    def watch_children(self, label: str, pid: int) -> None:
+        with self._lock:
+            self._parents[pid] = label
+
+    def __enter__(self) -> SessionCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        procs: dict[int, tuple[int, int, float]] = {}  # pid -> (parent, session, cpu s)
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    stat = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            procs[int(entry.name)] = (int(fields[1]), int(fields[3]),
+                                      (int(fields[11]) + int(fields[12])) / self._tick)
+        with self._lock:
+            for ppid, sid, _ in procs.values():
+                if sid not in self._labels and ppid in self._parents:
+                    self._labels[sid] = self._parents[ppid]
+            labels = dict(self._labels)
+        for pid, (_, sid, cpu) in procs.items():
+            label = labels.get(sid)
+            if label is not None:
+                self._seen[pid] = (label, cpu)
+
+    def totals(self) -> dict[str, float]:
+        out: dict[str, float] = dict.fromkeys(self._labels.values(), 0.0)
+        for label, cpu in self._seen.values():
+            out[label] = out.get(label, 0.0) + cpu
+        return {k: round(v, 2) for k, v in out.items()}

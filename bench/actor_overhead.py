@@ -21,7 +21,7 @@ import ray
 from _common import machine, median
 
 from resilience import ray_session
-from resilience._actors import resilient
+from resilience import resilient
 from resilience.policies import every, restart
 
 

@@ -17,7 +17,7 @@ import argparse
 from _common import machine, median, runtime
 from payments_throughput import run_once
 
-from resilience.jobs.payments.generator import generate
+from fusion_jobs.payments.generator import generate
 
 
 def main() -> None:

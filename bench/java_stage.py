@@ -24,9 +24,9 @@ from _common import machine, median, runtime
 from payments_throughput import run_once
 
 from resilience import java_actor, resilient
-from resilience._java import COUNTER, java_unavailable_reason
+from resilience.java import COUNTER, java_unavailable_reason
 
-from resilience.jobs.payments.generator import generate
+from fusion_jobs.payments.generator import generate
 from resilience.policies import every, restart, standby
 
 

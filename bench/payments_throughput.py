@@ -16,9 +16,9 @@ from pathlib import Path
 
 from _common import machine, median, runtime
 
-from resilience._runtime._driver import PipelineRunner
-from resilience.jobs.payments.generator import generate
-from resilience.jobs.payments.job import PaymentsOptions, payments_pipeline
+from resilience.pipeline import PipelineRunner
+from fusion_jobs.payments.generator import generate
+from fusion_jobs.payments.job import PaymentsOptions, payments_pipeline
 
 
 def run_once(input_path: Path, workdir: Path, etcd: str, parallelism: int, interval: float | None,

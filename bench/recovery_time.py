@@ -26,9 +26,9 @@ from typing import Any
 
 from _common import machine, median, runtime
 
-from resilience._runtime._driver import PipelineRunner
-from resilience.jobs.payments.generator import generate
-from resilience.jobs.payments.job import PaymentsOptions, payments_pipeline
+from resilience.pipeline import PipelineRunner
+from fusion_jobs.payments.generator import generate
+from fusion_jobs.payments.job import PaymentsOptions, payments_pipeline
 
 TARGETS = ["balances-0", "model-0", "ledger-0", "source-0", "balances-1"]
 JVM_TARGETS = ["balances-0", "balances-1"]

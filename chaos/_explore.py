@@ -50,7 +50,8 @@ def schedules(scenario: Scenario, max_faults: int | None = None) -> st.SearchStr
                   else "")
         # Whole tenths of a second: small values shrink towards the start of the window.
         at = lo + draw(st.integers(0, int((hi - lo) * 10))) / 10
-        duration = (draw(st.integers(5, int(sch.max_duration_s * 10))) / 10
+        low = int(ftype.min_duration_s * 10)
+        duration = (draw(st.integers(low, max(low, int(sch.max_duration_s * 10)))) / 10
                     if ftype.has_duration else None)
         params = (dict(draw(st.sampled_from(ftype.random_params))) if ftype.random_params
                   else {})
@@ -126,7 +127,7 @@ def explore(
         return not report.passed
 
     shared = contextlib.ExitStack()
-    if "nodes" not in scenario.needs():
+    if not scenario.needs() & {"nodes", "sites"}:
         # One Ray (and one etcd, unless the faults need a cluster of their own) for the
         # whole campaign: a run then costs the job, not ~5 s of start-up.
         shared.enter_context(ray_session())

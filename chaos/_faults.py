@@ -6,8 +6,9 @@ environment and how to heal it. Every injection and healing is journaled with it
 time by the runner. Healing is idempotent and always happens, also when a run is
 interrupted (the rollback).
 
-Kinds that need a capability not built yet (a whole site, the replication link, bad
-models, clock skew) are in the vocabulary already, marked unavailable: a scenario that
+Faults of a job on two sites (`SITE_FAULTS`: the active site lost, cut off, or handed
+over) are carried out by a drill (`chaos._sites_run`). Kinds that need a capability not
+built yet (bad models) are in the vocabulary already, marked unavailable: a scenario that
 uses them is refused with the reason, not silently ignored.
 """
 
@@ -25,7 +26,7 @@ from checkpoint import FileSystemStore
 from resilience import faultpoints
 from resilience.clock import Skew, skew, unskew
 
-__all__ = ["FAULT_KINDS", "FaultStep", "FaultType", "Injected", "check_fault"]
+__all__ = ["FAULT_KINDS", "SITE_FAULTS", "FaultStep", "FaultType", "Injected", "check_fault"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class FaultType:
     unavailable_reason: str = ""
     # What a random schedule picks `params` from (a kind whose params have defaults: none).
     random_params: tuple[Mapping[str, Any], ...] = ()
+    min_duration_s: float = 0.5  # the shortest duration that makes sense (and is drawn)
 
     def targets_among(self, targets: Sequence[str]) -> list[str]:
         """The targets (of a random schedule) this kind of fault can take."""
@@ -269,7 +271,7 @@ def _corrupt_checkpoint(env: Environment, step: FaultStep, rng: Any) -> Injected
 
 
 def _sink_crash_mid_commit(env: Environment, step: FaultStep, rng: Any) -> Injected:
-    point = f"{step.params.get('sink', 'ledger')}.before_commit"
+    point = faultpoints.SINK_BEFORE_COMMIT.format(sink=step.params.get("sink", "ledger"))
     faultpoints.arm(env.job_dir, point, "kill")
     return Injected(step, point, "the sink dies after its pre-commit, before its commit",
                     lambda: faultpoints.disarm(env.job_dir, point))
@@ -282,15 +284,10 @@ def _node_loss(env: Environment, step: FaultStep, rng: Any) -> Injected:
                     lambda: env.restore_node(index))
 
 
-def _bug(env: Environment, step: FaultStep, rng: Any) -> Injected:
-    """A deliberately broken build, to prove the checkers catch it (tests only)."""
-    name = str(step.params.get("bug", "ledger.commit_early"))
-    faultpoints.arm(env.job_dir, name, "on")
-    return Injected(step, name, f"bug switched on: {name}",
-                    lambda: faultpoints.disarm(env.job_dir, name))
-
-
 _TASK = ("task:", "java:", "coordinator")
+_SITE_PARAMS = tuple({"mode": m, "failback": f} for m in ("sync", "async") for f in (False, True))
+SITE_FAULTS = ("site_loss", "replication_partition", "switchover")
+"""Faults of a job on two sites; the drill (`resilience drill`) injects them."""
 _LATER = "is part of the vocabulary, but needs {}, which is not built yet"
 
 FAULT_KINDS: dict[str, FaultType] = {f.name: f for f in [
@@ -322,13 +319,17 @@ FAULT_KINDS: dict[str, FaultType] = {f.name: f for f in [
     FaultType("node_loss", "lose a whole Ray node (raylet and workers); it comes back after "
               "`duration`", _node_loss, targeted=True, target_prefixes=("node:",),
               has_duration=True, needs=("nodes",)),
-    FaultType("bug", "switch on a deliberately broken build (params bug), for harness tests",
-              _bug),
-    FaultType("site_loss", "lose a whole site", None, targeted=True,
-              available=False, unavailable_reason=_LATER.format("cross-datacenter replication")),
-    FaultType("replication_partition", "cut the replication link", None,
-              has_duration=True, available=False,
-              unavailable_reason=_LATER.format("cross-datacenter replication")),
+    # Two sites: a drill carries these (chaos._sites_run), not the one-site environment.
+    FaultType("site_loss", "lose the active site: SIGKILL of its driver, its Ray and its "
+              "etcd member (params mode: sync|async, failback: true|false)", None,
+              needs=("sites",), random_params=_SITE_PARAMS),
+    FaultType("replication_partition", "cut the active site off for `duration`: its etcd "
+              "member stops answering, the replication link is blackholed both ways, its "
+              "processes run on (params mode, failback)", None, has_duration=True,
+              duration_required=True, needs=("sites",), random_params=_SITE_PARAMS,
+              min_duration_s=4.0),
+    FaultType("switchover", "a planned handover from the active site to the standby "
+              "(params mode, failback)", None, needs=("sites",), random_params=_SITE_PARAMS),
     FaultType("poison_labels", "poisoned labels for a window", None, has_duration=True,
               available=False, unavailable_reason=_LATER.format("model version rollback")),
     FaultType("clock_skew", "skew the project clock of the coordinator or a task for "
@@ -377,11 +378,22 @@ def check_fault(step: FaultStep) -> str | None:
         return f"fault {step.kind!r} needs a duration (seconds)"
     if step.duration is not None and step.duration <= 0:
         return "duration must be > 0"
+    if step.duration is not None and step.duration < ftype.min_duration_s:
+        return (f"fault {step.kind!r} lasts at least {ftype.min_duration_s:g}s (shorter, "
+                "the active site's lease outlives it and nothing is taken over)")
     if step.at_seconds is None and step.at_lines is None:
         return "a fault needs 'at' (seconds or lines)"
     if step.kind == "storage" and step.params.get("mode", "enospc") not in (
             "enospc", "eio", "slow"):
         return "storage params mode must be enospc, eio or slow"
+    if step.kind in SITE_FAULTS:
+        unknown = sorted(set(step.params) - {"mode", "failback"})
+        if unknown:
+            return f"{step.kind} params are mode and failback, not {', '.join(unknown)}"
+        if step.params.get("mode", "sync") not in ("sync", "async"):
+            return f"{step.kind} params mode must be sync or async"
+        if not isinstance(step.params.get("failback", False), bool):
+            return f"{step.kind} params failback must be true or false"
     if step.kind == "clock_skew":
         problem = _clock_params_problem(step.params)
         if problem:

@@ -30,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from chaos._faults import FAULT_KINDS, FaultStep, check_fault
+from chaos._faults import FAULT_KINDS, SITE_FAULTS, FaultStep, check_fault
+from chaos._jobs import JobSpec
 from resilience import ResilienceError
 
 __all__ = [
@@ -55,10 +56,12 @@ INVARIANTS = {
            "the final ledger (max_lost: 0)",
     "recovery_time": "after each fault, output is committed again within max_seconds",
     "rollback_time": "a bad model is rolled back within max_seconds (needs model rollback)",
-    "replication_lag": "the standby site is never more than max_seconds behind "
-                       "(needs cross-datacenter replication)",
+    "replication_lag": "two sites: the standby was at most max_seconds behind when the fault "
+                       "struck",
 }
-_AVAILABLE_INVARIANTS = {"exactly_once", "no_split_brain", "rpo", "recovery_time"}
+_AVAILABLE_INVARIANTS = {"exactly_once", "no_split_brain", "rpo", "recovery_time",
+                         "replication_lag"}
+_SITES_ONLY_INVARIANTS = {"replication_lag"}
 
 PROBES = {
     "throughput": "events/s over a window: min_events_per_s",
@@ -80,21 +83,6 @@ class InvalidScenario(ResilienceError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.source, self.line, self.message))
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """The job under test and its size."""
-
-    kind: str = "payments"
-    events: int = 60_000
-    accounts: int = 2_000
-    parallelism: int = 2
-    checkpoint_interval: float = 0.5
-    seed: int = 1
-    alignment_timeout: float | None = 2.0
-    timeout_s: float = 300.0
-    balances_stage: str = "python"  # payments only: "java" runs the stage as a Java actor
 
 
 @dataclass(frozen=True)
@@ -133,8 +121,9 @@ class RandomSchedule:
             ftype = FAULT_KINDS[kind]
             target = rng.choice(ftype.targets_among(self.targets)) if ftype.targeted else ""
             at = round(rng.uniform(*self.window_s), 2)
-            duration = (round(rng.uniform(0.5, self.max_duration_s), 2)
-                        if FAULT_KINDS[kind].has_duration else None)
+            low = ftype.min_duration_s
+            duration = (round(rng.uniform(low, max(low, self.max_duration_s)), 2)
+                        if ftype.has_duration else None)
             params = dict(rng.choice(ftype.random_params)) if ftype.random_params else {}
             steps.append(FaultStep(kind=kind, target=target, at_seconds=at, duration=duration,
                                    params=params))
@@ -185,10 +174,18 @@ class Scenario:
 
 # -- validation -----------------------------------------------------------------------------
 
+def _check_kind(kind: str) -> str | None:
+    import chaos._broken  # noqa: F401 - the harness-only kinds register themselves
+    from chaos._jobs import ADAPTERS
+
+    if kind not in ADAPTERS:
+        return f"must be one of {', '.join(sorted(ADAPTERS))}"
+    return None
+
+
 _JOB_FIELDS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     # name: (type, check) ; check returns an error string or None
-    "kind": (str, lambda v: None if v in ("payments", "keyed_sums")
-             else "must be payments or keyed_sums"),
+    "kind": (str, _check_kind),
     "events": (int, lambda v: None if 1_000 <= v <= 50_000_000 else "must be 1000..50000000"),
     "accounts": (int, lambda v: None if v >= 2 else "must be >= 2"),
     "parallelism": (int, lambda v: None if 1 <= v <= 16 else "must be 1..16"),
@@ -199,6 +196,10 @@ _JOB_FIELDS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "timeout_s": ((int, float), lambda v: None if v > 0 else "must be > 0"),
     "balances_stage": (str, lambda v: None if v in ("python", "java")
                        else "must be python or java"),
+    "sites": (int, lambda v: None if v in (1, 2) else "must be 1 or 2"),
+    "replication": (str, lambda v: None if v in ("sync", "async") else "must be sync or async"),
+    "on_standby_loss": (str, lambda v: None if v in ("fail-closed", "degrade")
+                        else "must be fail-closed or degrade"),
 }
 
 
@@ -284,6 +285,7 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
     if not invariants:
         raise c.fail(top["invariants"][1], "'invariants' is empty: a scenario must check "
                                            "something")
+    _check_sites(c, job, method, schedule, invariants, top)
     for step in method:
         if step.at_lines is not None and step.at_lines >= job.events:
             raise InvalidScenario(source, step.line, f"fault at line {step.at_lines} but the "
@@ -291,6 +293,41 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
     return Scenario(title=title, description=description, job=job, steady_state=steady,
                     method=method, schedule=schedule, abort=abort, invariants=invariants,
                     source=source)
+
+
+def _check_sites(c: _Checker, job: JobSpec, method: Sequence[FaultStep],
+                 schedule: RandomSchedule | None, invariants: Sequence[InvariantSpec],
+                 top: Mapping[str, tuple[yaml.Node, yaml.Node]]) -> None:
+    """A two-site scenario is one drill: one site-level fault, judged by the drill."""
+    kinds = [(s.kind, s.line) for s in method]
+    if schedule is not None:
+        kinds += [(k, top["schedule"][1].start_mark.line + 1) for k in schedule.kinds]
+    if job.sites == 1:
+        for kind, line in kinds:
+            if "sites" in FAULT_KINDS[kind].needs:
+                raise InvalidScenario(c.source, line, f"fault {kind!r} needs a job on two "
+                                                      "sites (job: {sites: 2, ...})")
+        for inv in invariants:
+            if inv.name in _SITES_ONLY_INVARIANTS:
+                raise InvalidScenario(c.source, inv.line, f"invariant {inv.name!r} needs a "
+                                                          "job on two sites")
+        return
+    if job.kind != "payments":
+        raise c.fail(top["job"][1], "a job on two sites is the payments job (kind: payments)")
+    for kind, line in kinds:
+        if "sites" not in FAULT_KINDS[kind].needs:
+            raise InvalidScenario(c.source, line, f"fault {kind!r} acts inside one site; a "
+                                                  "two-site scenario takes "
+                                                  f"{', '.join(SITE_FAULTS)}")
+    planned = len(method) + (schedule.count if schedule is not None else 0)
+    if planned != 1:
+        raise c.fail(top.get("schedule", top.get("method", top["job"]))[1],
+                     f"a two-site scenario is one drill: exactly one fault, got {planned}")
+    for name in ("steady_state", "abort"):
+        if name in top:
+            raise c.fail(top[name][0], f"a two-site scenario takes no {name}: its drill "
+                                       "waits for the standby to catch up and bounds "
+                                       "every wait itself")
 
 
 def _job(c: _Checker, node: yaml.Node) -> JobSpec:
@@ -385,7 +422,7 @@ def _schedule(c: _Checker, node: yaml.Node) -> RandomSchedule:
     f = c.mapping(node, "schedule")
     c.unknown(f, ["seed", "faults", "kinds", "targets", "window_s", "max_duration_s"],
               "schedule")
-    for need in ("faults", "kinds", "targets", "window_s"):
+    for need in ("faults", "kinds", "window_s"):
         if need not in f:
             raise c.fail(node, f"schedule needs {need!r}")
     kinds = tuple(c.value(n, "schedule.kinds[]", str)
@@ -395,14 +432,14 @@ def _schedule(c: _Checker, node: yaml.Node) -> RandomSchedule:
             raise c.fail(n, f"unknown fault kind {k!r} (known: {', '.join(sorted(FAULT_KINDS))})")
         if not FAULT_KINDS[k].available:
             raise c.fail(n, f"fault {k!r}: {FAULT_KINDS[k].unavailable_reason}")
-    targets = tuple(c.value(n, "schedule.targets[]", str)
-                    for n in c.sequence(f["targets"][1], "targets"))
+    target_nodes = c.sequence(f["targets"][1], "targets") if "targets" in f else []
+    targets = tuple(c.value(n, "schedule.targets[]", str) for n in target_nodes)
     for k, n in zip(kinds, c.sequence(f["kinds"][1], "kinds"), strict=True):
         ftype = FAULT_KINDS[k]
         if ftype.targeted and not ftype.targets_among(targets):
             raise c.fail(n, f"fault {k!r} needs a target starting with "
                             f"{' or '.join(ftype.target_prefixes)} in schedule.targets")
-    for t, n in zip(targets, c.sequence(f["targets"][1], "targets"), strict=True):
+    for t, n in zip(targets, target_nodes, strict=True):
         if not any(FAULT_KINDS[k].targeted and FAULT_KINDS[k].targets_among([t])
                    for k in kinds):
             raise c.fail(n, f"target {t!r} suits none of the schedule's kinds")
@@ -439,12 +476,13 @@ def _invariant(c: _Checker, node: yaml.Node) -> InvariantSpec:
     if name not in _AVAILABLE_INVARIANTS:
         raise c.fail(node, f"invariant {name!r} needs a capability that is not built yet: "
                            f"{INVARIANTS[name]}")
-    allowed = {"rpo": {"max_lost"}, "recovery_time": {"max_seconds"}}.get(name, set())
+    allowed = {"rpo": {"max_lost"}, "recovery_time": {"max_seconds"},
+               "replication_lag": {"max_seconds"}}.get(name, set())
     for k in params:
         if k not in allowed:
             raise c.fail(node, f"invariant {name}: unknown parameter {k!r}")
-    if name == "recovery_time" and "max_seconds" not in params:
-        raise c.fail(node, "invariant recovery_time needs max_seconds")
+    if name in ("recovery_time", "replication_lag") and "max_seconds" not in params:
+        raise c.fail(node, f"invariant {name} needs max_seconds")
     return InvariantSpec(name, params, node.start_mark.line + 1)
 
 

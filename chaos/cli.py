@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,126 @@ def register(sub: Any) -> dict[str, Any]:
                    help="where to save the minimal failing scenario")
     e.add_argument("--workdir", type=Path, default=None)
     e.add_argument("--json", type=Path, default=None, help="write the campaign summary here")
-    return {"chaos": _handle}
+    d = sub.add_parser("drill", help="a disaster-recovery drill: lose the active site of the "
+                       "payments job under load, let the standby take over, verify")
+    d.add_argument("--workdir", type=Path, required=True, help="a fresh directory: each site's "
+                   "ledger and dead letters end in WORKDIR/<site>/")
+    d.add_argument("--input", type=Path, default=None,
+                   help="payments input (default: generated, --events lines)")
+    d.add_argument("--sites", type=Path, default=None, metavar="FILE",
+                   help="sites a and b of a sites file (default: two local sites and a "
+                        "witness stood up by the drill)")
+    d.add_argument("--mode", choices=["sync", "async"], default="sync")
+    d.add_argument("--fault", choices=["site-kill", "partition", "switchover"],
+                   default="site-kill")
+    d.add_argument("--failback", action="store_true",
+                   help="then bring site a back, let it catch up, and switch back to it")
+    d.add_argument("--on-standby-loss", choices=["fail-closed", "degrade"],
+                   default="fail-closed")
+    d.add_argument("--rto-budget", type=float, default=None, metavar="SECONDS",
+                   help="fail the drill when the RTO is longer")
+    d.add_argument("--events", type=int, default=None,
+                   help="input size when generated (default 300,000; 1,000,000 with "
+                        "--failback, so the job still runs when site a has caught up)")
+    d.add_argument("--fault-at", type=float, default=0.3, metavar="SHARE",
+                   help="share of the input committed when the fault strikes (default 0.3)")
+    d.add_argument("--partition-seconds", type=float, default=6.0)
+    d.add_argument("--json", type=Path, default=None, help="write the JSON report here")
+    d.add_argument("--html", type=Path, default=None, help="write the HTML report here")
+    d.add_argument("--quiet", action="store_true", help="no live timeline on stderr")
+    return {"chaos": _handle, "drill": _drill}
+
+
+def _drill(args: argparse.Namespace) -> int:
+    import math
+
+    from chaos._drill import DrillError, DrillOptions, run_drill
+
+    for option in ("json", "html"):
+        problem = _unwritable(getattr(args, option))
+        if problem is not None:
+            print(f"error: --{option}: {problem}", file=sys.stderr)
+            return 2
+    if args.input is not None and not args.input.is_file():
+        print(f"error: --input {args.input} is not a file", file=sys.stderr)
+        return 2
+    if args.rto_budget is not None and not (math.isfinite(args.rto_budget) and
+                                            args.rto_budget > 0):
+        print("error: --rto-budget must be a number of seconds > 0", file=sys.stderr)
+        return 2
+    if args.events is None:
+        args.events = 1_000_000 if args.failback else 300_000
+    if not 0 < args.fault_at < 1 or args.events < 1000:
+        print("error: --fault-at must lie in (0, 1) and --events be at least 1000",
+              file=sys.stderr)
+        return 2
+    if args.fault == "partition" and args.sites is not None:
+        print("error: a partition drill cuts links the drill owns: leave out --sites",
+              file=sys.stderr)
+        return 2
+    opts = DrillOptions(workdir=args.workdir, mode=args.mode, fault=args.fault,
+                        failback=args.failback, rto_budget_s=args.rto_budget,
+                        input_path=args.input, sites_file=args.sites, events=args.events,
+                        fault_at=args.fault_at, partition_s=args.partition_seconds,
+                        on_standby_loss=args.on_standby_loss, progress=not args.quiet)
+    try:
+        report = run_drill(opts)
+    except DrillError as e:
+        print(f"error: the drill could not be carried out: {e}", file=sys.stderr)
+        return 3
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    if args.html is not None:
+        from chaos._drill_report import write_drill_html
+
+        write_drill_html(report, args.html)
+    print(_drill_summary(report))
+    return 0 if report["passed"] else 1
+
+
+def _drill_summary(report: dict[str, Any]) -> str:
+    split = report["rto_split"]
+    lines = [
+        f"drill {report['fault']} ({report['mode']}): {'PASSED' if report['passed'] else 'FAILED'}",
+        f"  RTO {report['rto_seconds']:.2f}s from the fault to the first commit at the new site "
+        f"(detection {split['detection_s']:.2f}s, restore {split['restore_s']:.2f}s, first "
+        f"commit {split['first_commit_after_restore_s']:.2f}s later)",
+        f"  RPO {report['rpo_events']} events lost, {report['duplicates']} duplicated; lag at "
+        f"the fault {report['lag_at_fault']}",
+        f"  ledgers at checkpoint {report['fingerprints']['checkpoint_id']}: "
+        f"{'identical' if report['fingerprints']['sink_match'] else 'DIFFERENT'}; state "
+        f"{'identical' if report['fingerprints']['state_match'] else 'DIFFERENT'}",
+        f"  exactly once on site {report['active_site']}: {report['exactly_once']} "
+        f"({report['verdicts'].get(report['active_site'] or 'b', {}).get('detail', '')})",
+    ]
+    if report.get("failback_result"):
+        lines.append(f"  failback: RTO {report['failback_result']['rto_seconds']:.2f}s")
+    lines.extend(f"  FAILED: {f}" for f in report["failures"])
+    return "\n".join(lines)
+
+
+def _unwritable(path: Path | None) -> str | None:
+    """Why a report could not be written to `path` (checked before a run, not after)."""
+    if path is None:
+        return None
+    if path.is_dir():
+        return f"{path} is a directory"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"the directory {parent} of {path.name} does not exist"
+    if not os.access(parent, os.W_OK):
+        return f"{parent} is not writable"
+    return None
 
 
 def _handle(args: argparse.Namespace) -> int:
     from chaos._scenario import InvalidScenario, load_scenario
 
+    for option in ("json", "html", "out"):
+        problem = _unwritable(getattr(args, option, None))
+        if problem is not None:
+            print(f"error: --{option}: {problem}", file=sys.stderr)
+            return 2
     try:
         scenario = load_scenario(args.scenario)
         if args.chaos_command == "explore" and scenario.schedule is None:

@@ -26,6 +26,7 @@ from checkpoint._errors import (
     CheckpointNotFound,
     FencedOut,
     IncompatibleState,
+    InputChanged,
     InvalidStoreConfig,
     ResilienceError,
     SinkOwnedElsewhere,
@@ -40,7 +41,13 @@ from checkpoint._retention import (
     plan_retention,
 )
 from checkpoint._savepoint import TaskVerification, VerifyReport, copy_checkpoint, verify_checkpoint
-from checkpoint._sink import SQLiteTwoPhaseSink, TwoPhaseCommitSink
+from checkpoint._sink import (
+    SinkCommit,
+    SinkFingerprint,
+    SinkProgress,
+    SQLiteTwoPhaseSink,
+    TwoPhaseCommitSink,
+)
 from checkpoint._source import JsonLinesSource, RewindableSource, SourcePosition
 from checkpoint._state import (
     DEFAULT_MAX_PARALLELISM,
@@ -59,6 +66,7 @@ from checkpoint._store import (
     SupportsGarbageCollection,
     store_from_uri,
 )
+from checkpoint._wal import LogFollower, WriteAheadLog, read_log
 
 __all__ = [
     "DEFAULT_MAX_PARALLELISM",
@@ -82,10 +90,12 @@ __all__ = [
     "FileSystemStore",
     "GarbageReport",
     "IncompatibleState",
+    "InputChanged",
     "InvalidStoreConfig",
     "JsonLinesSource",
     "KeyGroupRange",
     "KeyedState",
+    "LogFollower",
     "Manifest",
     "PendingCheckpoint",
     "RecordInFlight",
@@ -93,7 +103,10 @@ __all__ = [
     "RetentionPlan",
     "RewindableSource",
     "SQLiteTwoPhaseSink",
+    "SinkCommit",
+    "SinkFingerprint",
     "SinkOwnedElsewhere",
+    "SinkProgress",
     "SourcePosition",
     "StateHandle",
     "StateSnapshot",
@@ -105,6 +118,7 @@ __all__ = [
     "TaskVerification",
     "TwoPhaseCommitSink",
     "VerifyReport",
+    "WriteAheadLog",
     "apply_retention",
     "chunk_ref_of",
     "collect_garbage",
@@ -112,6 +126,7 @@ __all__ = [
     "key_group_of",
     "partition_of",
     "plan_retention",
+    "read_log",
     "store_from_uri",
     "verify_checkpoint",
 ]

@@ -14,6 +14,7 @@ __all__ = [
     "CheckpointNotFound",
     "FencedOut",
     "IncompatibleState",
+    "InputChanged",
     "InvalidStoreConfig",
     "ResilienceError",
     "SinkOwnedElsewhere",
@@ -87,6 +88,14 @@ class IncompatibleState(CheckpointError):
 
     def __reduce__(self) -> tuple[type[IncompatibleState], tuple[str, int, int]]:
         return (type(self), (self.source, self.found, self.supported))
+
+
+class InputChanged(ResilienceError):
+    """A source was asked to resume in a file that is not the one it read before.
+
+    Not a `CheckpointError`: no older checkpoint makes another file the job's input,
+    so the job stops instead of falling back.
+    """
 
 
 class FencedOut(ResilienceError):

@@ -25,21 +25,41 @@ coordinator (or the losing side of a datacenter failover) cannot commit.
 
 `SQLiteTwoPhaseSink` implements this for one SQLite table: rows are staged in a
 hidden table, and the commit moves them and records the last committed
-checkpoint id and epoch in the same SQLite transaction as the rows.
+checkpoint id and epoch in the same SQLite transaction as the rows, and a line of
+its commit log (`read_commits`: which checkpoint, under which epoch, how many rows,
+when).
+
+A standby site keeps a replica of the sink (`resilience.replication`): it stages the
+rows the active site pre-committed (`stage_replica`, fenced like a commit), commits
+and recovers as the active site does, or takes a whole copy (`export_copy` on the
+active side, `import_copy` on the standby). `fingerprint` digests the visible rows up
+to a checkpoint, so two sites can be compared at a cutover.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from checkpoint._errors import CheckpointError, FencedOut, SinkOwnedElsewhere
 
-__all__ = ["SQLiteTwoPhaseSink", "TwoPhaseCommitSink"]
+__all__ = ["SQLiteTwoPhaseSink", "SinkCommit", "SinkFingerprint", "SinkProgress",
+           "TwoPhaseCommitSink"]
 
 _IDENT_OK = frozenset("abcdefghijklmnopqrstuvwxyz_0123456789")
+_COMMITS_DDL = (
+    "CREATE TABLE IF NOT EXISTS _resilience_commits (sink_id TEXT NOT NULL, "
+    "ckpt INTEGER NOT NULL, fencing_epoch INTEGER NOT NULL, watermark INTEGER NOT NULL, "
+    "rows INTEGER NOT NULL, tbl TEXT NOT NULL, last_rowid INTEGER NOT NULL, "
+    "committed_at REAL NOT NULL, PRIMARY KEY (sink_id, ckpt))"
+)
 
 
 @runtime_checkable
@@ -60,6 +80,43 @@ class TwoPhaseCommitSink(Protocol):
 
     def last_committed(self) -> int:
         """Id of the last committed checkpoint (0 when none)."""
+
+
+@dataclass(frozen=True)
+class SinkProgress:
+    """What a sink's database says it has committed (zeros before the first commit)."""
+
+    last_committed: int = 0
+    fencing_epoch: int = 0
+    watermark: int = 0
+
+
+@dataclass(frozen=True)
+class SinkCommit:
+    """One line of a sink's commit log: checkpoint `checkpoint_id` became visible."""
+
+    sink_id: str
+    checkpoint_id: int
+    fencing_epoch: int
+    watermark: int
+    rows: int
+    committed_at: float  # wall-clock seconds (for reports, never for decisions)
+
+
+@dataclass(frozen=True)
+class SinkFingerprint:
+    """A digest of a sink table's visible rows up to one checkpoint, in commit order."""
+
+    table: str
+    checkpoint_id: int  # the newest commit at or below the one asked for (0: none)
+    rows: int
+    digest: str  # sha256 hex of the rows (canonical JSON lines)
+
+
+def _bytes_as_hex(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"cannot fingerprint a {type(value).__name__}")
 
 
 def _ident(name: str) -> str:
@@ -155,6 +212,7 @@ class SQLiteTwoPhaseSink:
         conn.execute(
             "INSERT OR IGNORE INTO _resilience_sinks VALUES (?, 0, 0, 0)", (self.sink_id,)
         )
+        conn.execute(_COMMITS_DDL)
         for ddl in self._extra_ddl:
             conn.execute(ddl)
         conn.execute("COMMIT")
@@ -192,17 +250,66 @@ class SQLiteTwoPhaseSink:
 
     # -- protocol -----------------------------------------------------------------------
 
+    @staticmethod
+    def read_progress(path: Path) -> SinkProgress:
+        """The progress recorded in the database at `path`, read-only, by an observer (a
+        chaos invariant, a drill): the highest of every sink there; zeros if none yet."""
+        try:
+            with sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True,
+                                 timeout=1) as db:
+                row = db.execute("SELECT max(last_committed), max(fencing_epoch), "
+                                 "max(watermark) FROM _resilience_sinks").fetchone()
+        except sqlite3.Error:
+            return SinkProgress()
+        return SinkProgress(*(int(v or 0) for v in row))
+
+    def above_replay_floor(self, rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+        """The rows a pre-commit stages: those at or above the replay floor (all of them
+        unless a fallback set one). A replica must stage exactly these."""
+        floor = self._replay_floor
+        if not floor:
+            return rows
+        kept = [r for r in rows if r[0] >= floor]
+        self.dropped_replayed += len(rows) - len(kept)
+        return kept
+
     def precommit(self, checkpoint_id: int, rows: Sequence[Sequence[Any]]) -> None:
         db = self._db
-        floor = self._replay_floor
-        if floor:
-            kept = [r for r in rows if r[0] >= floor]
-            self.dropped_replayed += len(rows) - len(kept)
-            rows = kept
+        rows = self.above_replay_floor(rows)
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(self._insert_staging, ((checkpoint_id, *r[1:]) for r in rows))
             db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def stage_replica(self, checkpoint_id: int, columns: Sequence[Sequence[Any]],
+                      fencing_epoch: int) -> int:
+        """A standby's pre-commit: stage the rows (columns only, no ordinal) that the active
+        site pre-committed for `checkpoint_id`; return how many were staged.
+
+        Idempotent (rows staged earlier for that checkpoint are replaced) and fenced like a
+        commit: `FencedOut` when a newer epoch has been seen here, so once this site took
+        over, a late shipment from the deposed site changes nothing. A checkpoint this
+        sink already committed stages nothing. Records `fencing_epoch` as seen.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            last, epoch, _ = self._meta()
+            if fencing_epoch < epoch:
+                raise FencedOut(f"sink {self.sink_id} at {self.path}", fencing_epoch, epoch)
+            staged = 0
+            if checkpoint_id > last:
+                db.execute(f"DELETE FROM {self.staging} WHERE ckpt = ?", (checkpoint_id,))
+                db.executemany(self._insert_staging, ((checkpoint_id, *c) for c in columns))
+                staged = len(columns)
+            if fencing_epoch > epoch:
+                db.execute("UPDATE _resilience_sinks SET fencing_epoch = ? WHERE sink_id = ?",
+                           (fencing_epoch, self.sink_id))
+            db.execute("COMMIT")
+            return staged
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -255,11 +362,16 @@ class SQLiteTwoPhaseSink:
         for stmt in self._on_commit:
             db.execute(stmt, params)
         db.execute(f"DELETE FROM {self.staging} WHERE ckpt <= :hi", params)
+        watermark = max(watermark, old_watermark)
         db.execute(
             "UPDATE _resilience_sinks SET last_committed = ?, fencing_epoch = ?, "
             "watermark = ? WHERE sink_id = ?",
-            (checkpoint_id, fencing_epoch, max(watermark, old_watermark), self.sink_id),
+            (checkpoint_id, fencing_epoch, watermark, self.sink_id),
         )
+        last_rowid = db.execute(f"SELECT coalesce(max(rowid), 0) FROM {self.table}").fetchone()[0]
+        db.execute("INSERT OR REPLACE INTO _resilience_commits VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (self.sink_id, checkpoint_id, fencing_epoch, watermark, int(moved),
+                    self.table, int(last_rowid), time.time()))
         return int(moved)
 
     def abort_after(self, checkpoint_id: int) -> int:
@@ -307,6 +419,117 @@ class SQLiteTwoPhaseSink:
     @property
     def replay_floor(self) -> int:
         return self._replay_floor
+
+    # -- whole copies (a standby's bootstrap) ---------------------------------------------
+
+    def export_copy(self, dest: Path) -> SinkProgress:
+        """Write a consistent copy of the whole database to `dest` (SQLite's online backup,
+        fsynced); return the progress it holds (its last commit).
+
+        Call it from the thread that commits (the copy then lies between two commits).
+        """
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.unlink(missing_ok=True)
+        with sqlite3.connect(dest) as copy:
+            self._db.backup(copy)
+        copy.close()
+        with open(dest, "rb") as f:
+            os.fsync(f.fileno())
+        return self.read_progress(dest)
+
+    def import_copy(self, source: Path, fencing_epoch: int) -> SinkProgress:
+        """Make this database a copy of `source` (written by `export_copy`), table by table
+        in one transaction; return the progress it now holds.
+
+        Fenced: `FencedOut` when this database has seen a newer epoch than `fencing_epoch`
+        (a deposed site's copy never overwrites the new active site's sink).
+        """
+        db = self._db
+        db.execute("ATTACH DATABASE ? AS src", (str(source),))
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                _, epoch, _ = self._meta()
+                if fencing_epoch < epoch:
+                    raise FencedOut(f"sink {self.sink_id} at {self.path}", fencing_epoch, epoch)
+                tables = db.execute("SELECT name, sql FROM src.sqlite_master WHERE type = "
+                                    "'table' AND name NOT LIKE 'sqlite_%'").fetchall()
+                for name, sql in tables:
+                    db.execute(sql.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
+                    cols = ", ".join(f'"{r[1]}"' for r in db.execute(
+                        f'PRAGMA src.table_info("{name}")'))
+                    db.execute(f'DELETE FROM main."{name}"')
+                    db.execute(f'INSERT INTO main."{name}" ({cols}) '
+                               f'SELECT {cols} FROM src."{name}"')
+                if db.execute("SELECT 1 FROM src.sqlite_master WHERE name = 'sqlite_sequence'"
+                              ).fetchone() is not None:
+                    db.execute("DELETE FROM main.sqlite_sequence")
+                    db.execute("INSERT INTO main.sqlite_sequence SELECT * FROM src.sqlite_sequence")
+                db.execute("UPDATE _resilience_sinks SET fencing_epoch = max(fencing_epoch, ?)",
+                           (fencing_epoch,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            db.execute("DETACH DATABASE src")
+        self._replay_floor = 0
+        return self.read_progress(self.path)
+
+    # -- observers (read-only, by path) ---------------------------------------------------
+
+    @staticmethod
+    def read_commits(path: Path) -> list[SinkCommit]:
+        """The commit log of every sink in the database at `path`, oldest first (empty if
+        there is none yet)."""
+        try:
+            with sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True,
+                                 timeout=1) as db:
+                rows = db.execute("SELECT sink_id, ckpt, fencing_epoch, watermark, rows, "
+                                  "committed_at FROM _resilience_commits "
+                                  "ORDER BY committed_at, ckpt").fetchall()
+        except sqlite3.Error:
+            return []
+        return [SinkCommit(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), float(r[5]))
+                for r in rows]
+
+    @staticmethod
+    def fingerprint(path: Path, through_checkpoint: int | None = None) -> list[SinkFingerprint]:
+        """Per sink table of the database at `path`: a digest of its visible rows in
+        commit order, up to the commit of `through_checkpoint` (the newest one at or below
+        it; every row when None). Two replicas that committed the same checkpoints hold
+        the same fingerprints."""
+        out = []
+        try:
+            with sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True,
+                                 timeout=5) as db:
+                tables = [_ident(str(r[0])) for r in db.execute(
+                    "SELECT tbl FROM _resilience_owners ORDER BY tbl")]
+                for table in tables:
+                    if through_checkpoint is None:
+                        found = db.execute("SELECT max(ckpt), max(last_rowid) FROM "
+                                           "_resilience_commits WHERE tbl = ?", (table,)
+                                           ).fetchone()
+                    else:
+                        found = db.execute(
+                            "SELECT ckpt, last_rowid FROM _resilience_commits WHERE tbl = ? "
+                            "AND ckpt <= ? ORDER BY ckpt DESC LIMIT 1",
+                            (table, through_checkpoint)).fetchone()
+                    checkpoint_id, last_rowid = (int(found[0]), int(found[1])) if (
+                        found and found[0] is not None) else (0, 0)
+                    digest = hashlib.sha256()
+                    count = 0
+                    for row in db.execute(f"SELECT * FROM {table} WHERE rowid <= ? "
+                                          "ORDER BY rowid", (last_rowid,)):
+                        digest.update(json.dumps(row, separators=(",", ":"),
+                                                 default=_bytes_as_hex).encode())
+                        digest.update(b"\n")
+                        count += 1
+                    out.append(SinkFingerprint(table, checkpoint_id, count, digest.hexdigest()))
+        except sqlite3.Error:
+            return out
+        return out
 
     def staged_count(self) -> int:
         return int(self._db.execute(f"SELECT count(*) FROM {self.staging}").fetchone()[0])

@@ -352,16 +352,19 @@ class KeyedState:
                     **snap.changed,
                 }
                 deleted = (lost_deleted - snap.changed.keys()) | snap.deleted
-            delta = _pack(
-                {
-                    "t": "delta",
-                    "v": _CHUNK_FORMAT,
-                    "ckpt": snap.checkpoint_id,
-                    "set": changed,
-                    "del": sorted(deleted),
-                }
-            )
             try:
+                # Encoding belongs inside: a value that does not encode (an int past
+                # 64 bits) fails this delta like a full disk does, and its keys must
+                # reach the next one, not vanish from the chain.
+                delta = _pack(
+                    {
+                        "t": "delta",
+                        "v": _CHUNK_FORMAT,
+                        "ckpt": snap.checkpoint_id,
+                        "set": changed,
+                        "del": sorted(deleted),
+                    }
+                )
                 ref = store.put_chunk(delta)
                 chain = self._chain
                 new_deltas = [*chain.deltas, ref]

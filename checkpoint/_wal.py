@@ -31,7 +31,7 @@ from pathlib import Path
 
 from checkpoint._errors import CheckpointCorrupt, StoreWriteError
 
-__all__ = ["LogFollower", "WriteAheadLog"]
+__all__ = ["LogFollower", "WriteAheadLog", "read_log"]
 
 _HEADER = struct.Struct("<II")
 _SUFFIX = ".wal"

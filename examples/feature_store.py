@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray
 
-from resilience import ray_session
-from resilience._actors import resilient
+from resilience import ray_session, resilient
 from resilience.policies import every, restart, standby
 
 STORE = Path(tempfile.mkdtemp(prefix="feature-store-"))

@@ -18,7 +18,7 @@ import tempfile
 import ray
 
 from resilience import java_actor, ray_session, resilient
-from resilience._java import java_unavailable_reason
+from resilience.java import java_unavailable_reason
 from resilience.policies import every, restart
 
 

@@ -19,25 +19,53 @@ from checkpoint import (  # noqa: E402
     CheckpointNotFound,
     FencedOut,
     IncompatibleState,
+    InputChanged,
     ResilienceError,
     StoreWriteError,
 )
-from resilience._actor_codec import CallFailed  # noqa: E402
 from resilience._actors import (  # noqa: E402
     ActorPolicy,
     ResilientActorClass,
     ResilientHandle,
-    StateNotSerializable,
     resilient,
 )
-from resilience._embedded_etcd import EmbeddedEtcd, EmbeddedEtcdCluster, etcd_endpoint  # noqa: E402
-from resilience._errors import FailoverExhausted, JobFailed, UserError  # noqa: E402
-from resilience._etcd import EtcdClient, EtcdError, EtcdUnavailable  # noqa: E402
-from resilience._java_actor import JavaCallError, java_actor  # noqa: E402
+from resilience._errors import (  # noqa: E402
+    CallFailed,
+    CampaignTimeout,
+    CoordinationError,
+    EmbeddedEtcdError,
+    EtcdError,
+    EtcdNotInstalled,
+    EtcdUnavailable,
+    FailoverExhausted,
+    InfrastructureError,
+    InvalidCoordinationArgument,
+    InvalidEndpoint,
+    InvalidModelConfig,
+    InvalidSites,
+    JavaBuildError,
+    JavaCallError,
+    JobFailed,
+    ModelError,
+    ModelRefused,
+    RayUnreachable,
+    ReplicationError,
+    StateNotSerializable,
+    SwitchoverRefused,
+    UserError,
+    WeightsCorrupt,
+    WorkdirBusy,
+)
+from resilience._java._actor import java_actor  # noqa: E402
 from resilience._job import Job, current_job  # noqa: E402
 from resilience._ray import RaySession, ray_session  # noqa: E402
+from resilience._runtime._poison import QuarantineBudget  # noqa: E402
+from resilience._runtime._registry import CheckpointRecord, CheckpointRegistry  # noqa: E402
 from resilience._runtime._spec import PipelineSpec, StageSpec  # noqa: E402
-from resilience.coordination import LeaderElection, Leadership  # noqa: E402
+from resilience._runtime._watchdog import Deadlines  # noqa: E402
+from resilience.coordination._client import EtcdClient  # noqa: E402
+from resilience.coordination._election import LeaderElection, Leadership  # noqa: E402
+from resilience.coordination._embedded import EmbeddedEtcd, EmbeddedEtcdCluster, etcd_endpoint  # noqa: E402
 from resilience.policies import (  # noqa: E402
     escalate,
     every,
@@ -50,32 +78,54 @@ from resilience.policies import (  # noqa: E402
 __all__ = [
     "ActorPolicy",
     "CallFailed",
+    "CampaignTimeout",
     "CheckpointCorrupt",
     "CheckpointError",
     "CheckpointNotFound",
+    "CheckpointRecord",
+    "CheckpointRegistry",
+    "CoordinationError",
+    "Deadlines",
     "EmbeddedEtcd",
     "EmbeddedEtcdCluster",
+    "EmbeddedEtcdError",
     "EtcdClient",
     "EtcdError",
+    "EtcdNotInstalled",
     "EtcdUnavailable",
     "FailoverExhausted",
     "FencedOut",
     "IncompatibleState",
+    "InfrastructureError",
+    "InputChanged",
+    "InvalidCoordinationArgument",
+    "InvalidEndpoint",
+    "InvalidModelConfig",
+    "InvalidSites",
+    "JavaBuildError",
     "JavaCallError",
     "Job",
     "JobFailed",
     "LeaderElection",
     "Leadership",
+    "ModelError",
+    "ModelRefused",
     "PipelineRunner",
     "PipelineSpec",
+    "QuarantineBudget",
     "RaySession",
+    "RayUnreachable",
+    "ReplicationError",
     "ResilienceError",
     "ResilientActorClass",
     "ResilientHandle",
     "StageSpec",
     "StateNotSerializable",
     "StoreWriteError",
+    "SwitchoverRefused",
     "UserError",
+    "WeightsCorrupt",
+    "WorkdirBusy",
     "current_job",
     "escalate",
     "etcd_endpoint",

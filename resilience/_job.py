@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from resilience._embedded_etcd import etcd_endpoint
-from resilience._etcd import EtcdClient
-from resilience._ray import ray_session
-from resilience.coordination import LeaderElection, Leadership
+from resilience._errors import InfrastructureError, JobFailed
+from resilience._ray import RaySession, ray_session
+from resilience.coordination._client import EtcdClient, EtcdError
+from resilience.coordination._election import CoordinationError, LeaderElection, Leadership
+from resilience.coordination._embedded import EmbeddedEtcd, EmbeddedEtcdError, etcd_service
 
 __all__ = ["Job", "current_job", "job", "job_context"]
 
@@ -66,6 +67,10 @@ class Job:
     client: EtcdClient
     leadership: Leadership
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    etcd_server: EmbeddedEtcd | None = None  # when this process started the etcd
+    ray: RaySession | None = None
+    election: LeaderElection | None = None
+    site: str | None = None  # this driver's site, in a job that runs on two sites
     _escalate_hooks: list[Callable[[str, str], None]] = field(default_factory=list)
     _lost_hooks: list[Callable[[], None]] = field(default_factory=list)
 
@@ -105,18 +110,81 @@ class Job:
                 log.exception("escalation hook failed for %s", actor)
         return handled
 
-    def pipeline(self, spec: Any) -> Any:
-        """Start a checkpointed pipeline (a `PipelineSpec`) under this job; returns its runner."""
-        from resilience._runtime._driver import PipelineRunner
+    def pipeline(self, spec: Any, *, deadlines: Any = None) -> Any:
+        """Start a checkpointed pipeline (a `PipelineSpec`) under this job; returns its runner.
 
-        runner = PipelineRunner(spec, self.etcd_endpoint)
+        The runner's `wait` watches what the job stands on (`_runtime._watchdog`): it
+        restarts the embedded etcd or the local Ray when this process started them and
+        they die, and fails with one line when an external one stays unreachable.
+        """
+        from resilience._runtime._driver import PipelineRunner
+        from resilience._runtime._watchdog import Deadlines, Watchdog
+
+        watchdog = Watchdog(self, deadlines or Deadlines())
+        runner = PipelineRunner(spec, self.etcd_endpoint, watchdog=watchdog)
         runner.start()
         return runner
+
+    # -- what the watchdog asks (resilience._runtime._watchdog.Infrastructure) ----------
+
+    @property
+    def etcd_embedded(self) -> bool:
+        return self.etcd_server is not None
+
+    @property
+    def ray_local(self) -> bool:
+        return self.ray is not None and self.ray.started_here
+
+    def etcd_exited(self) -> str | None:
+        server = self.etcd_server
+        code = None if server is None else server.exit_code()
+        if code is None:
+            return None
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        return f"the embedded etcd exited ({how})"
+
+    def etcd_answers(self) -> bool:
+        try:
+            self.client.get(self._driver_key, timeout_s=1.0)
+        except EtcdError:
+            return False
+        return True
+
+    def ray_lost(self) -> str | None:
+        return None if self.ray is None else self.ray.lost()
+
+    def restart_etcd(self) -> None:
+        assert self.etcd_server is not None
+        try:
+            self.etcd_server.restart()
+        except EmbeddedEtcdError as e:
+            raise InfrastructureError(f"job {self.name}: the embedded etcd could not be "
+                                      f"restarted: {e}") from e
+
+    def restart_ray(self) -> None:
+        assert self.ray is not None
+        self.ray.restart()
+
+    def after_etcd_restart(self) -> None:
+        """Lead the job again if the outage cost this driver its lease."""
+        if self.leadership.is_valid() or self.election is None:
+            return
+        try:
+            self.leadership = self.election.campaign(timeout_s=self.election.ttl_s * 4)
+        except (CoordinationError, EtcdError) as e:
+            raise InfrastructureError(f"job {self.name}: the driver could not lead the job "
+                                      f"again after etcd came back: {e}") from e
+        self._set_state("running", relead=True)
+
+    @property
+    def _driver_key(self) -> str:
+        base = f"/resilience/jobs/{self.name}"
+        return f"{base}/driver" if self.site is None else f"{base}/sites/{self.site}/driver"
 
     def _set_state(self, state: str, **detail: Any) -> None:
         with contextlib.suppress(Exception):
             self.leadership.fenced_put(
-                f"/resilience/jobs/{self.name}/driver",
+                self._driver_key,
                 json.dumps({"state": state, "epoch": self.epoch, "run_id": self.run_id,
                             "host": socket.gethostname(), "pid": os.getpid(),
                             **detail}).encode())
@@ -124,40 +192,74 @@ class Job:
 
 @contextlib.contextmanager
 def job_context(name: str, workdir: Path, *, etcd: str | None = None,
-                ray_address: str | None = None, ttl_s: float = 5.0) -> Iterator[Job]:
-    """The job's runtime as a context manager (what `@resilient.job` wraps a function in)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    with etcd_endpoint(etcd, workdir) as endpoint, ray_session(ray_address), \
-            EtcdClient(endpoint) as client:
-        holder = f"driver:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        election = LeaderElection(client, f"jobs/{name}/driver", holder, ttl_s=ttl_s)
-        leadership = election.campaign(timeout_s=ttl_s * 4)
-        the_job = Job(name=name, workdir=workdir, etcd_endpoint=endpoint, client=client,
-                      leadership=leadership)
-        def lost() -> None:
-            for hook in the_job._lost_hooks:
-                hook()
+                ray_address: str | None = None, ttl_s: float = 5.0, site: str | None = None,
+                ray_temp_dir: str | None = None) -> Iterator[Job]:
+    """The job's runtime as a context manager (what `@resilient.job` wraps a function in).
 
-        leadership.on_lost(lost)
-        the_job._set_state("running")
-        previous_store = os.environ.get("RESILIENCE_STORE")
-        os.environ["RESILIENCE_STORE"] = str(the_job.store_root)
+    The workdir is held for this run (a second run on it is refused at once with
+    `WorkdirBusy`, naming this one) before etcd or Ray start. `site` names this
+    driver's site in a job that runs on two sites: each site's driver leads its own
+    part (the job's leadership itself is its coordinators' to win).
+    """
+    from resilience._runtime._driver import workdir_lock
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock(workdir, f"job {name}"), etcd_service(etcd, workdir) as etcd_svc:
+        _check_etcd_answers(etcd_svc.endpoint)  # before Ray, which takes seconds to start
+        with ray_session(ray_address, temp_dir=ray_temp_dir) as ray_sess, \
+                EtcdClient(etcd_svc.endpoint) as client:
+            yield from _run_job(name, workdir, etcd_svc, ray_sess, client=client, ttl_s=ttl_s,
+                                site=site)
+
+
+def _check_etcd_answers(endpoint: str, timeout_s: float = 5.0) -> None:
+    try:
+        EtcdClient.connect(endpoint, timeout_s=timeout_s).close()
+    except EtcdError as e:
+        raise InfrastructureError(f"etcd at {endpoint} does not answer: {e}") from e
+
+
+def _run_job(name: str, workdir: Path, etcd_svc: Any, ray_sess: RaySession, *,
+             client: EtcdClient, ttl_s: float, site: str | None = None) -> Iterator[Job]:
+    """The job inside its etcd and Ray: lead it, yield it, record how it ended."""
+    holder = f"driver:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    resource = f"jobs/{name}/driver" if site is None else f"jobs/{name}/sites/{site}/driver"
+    election = LeaderElection(client, resource, holder, ttl_s=ttl_s)
+    try:
+        leadership = election.campaign(timeout_s=ttl_s * 4)
+    except EtcdError as e:
+        raise InfrastructureError(f"job {name}: etcd at {etcd_svc.endpoint} does not "
+                                  f"answer: {e}") from e
+    except CoordinationError as e:
+        raise JobFailed(f"job {name}: the driver could not lead the job: {e}") from e
+    the_job = Job(name=name, workdir=workdir, etcd_endpoint=etcd_svc.endpoint,
+                  client=client, leadership=leadership, etcd_server=etcd_svc.server,
+                  ray=ray_sess, election=election, site=site)
+
+    def lost() -> None:
+        for hook in the_job._lost_hooks:
+            hook()
+
+    leadership.on_lost(lost)
+    the_job._set_state("running")
+    previous_store = os.environ.get("RESILIENCE_STORE")
+    os.environ["RESILIENCE_STORE"] = str(the_job.store_root)
+    with _current_lock:
+        _current.append(the_job)
+    try:
+        yield the_job
+        the_job._set_state("finished")
+    except BaseException as e:
+        the_job._set_state("failed", error=f"{type(e).__name__}: {e}"[:500])
+        raise
+    finally:
         with _current_lock:
-            _current.append(the_job)
-        try:
-            yield the_job
-            the_job._set_state("finished")
-        except BaseException as e:
-            the_job._set_state("failed", error=f"{type(e).__name__}: {e}"[:500])
-            raise
-        finally:
-            with _current_lock:
-                _current.remove(the_job)
-            if previous_store is None:
-                os.environ.pop("RESILIENCE_STORE", None)
-            else:
-                os.environ["RESILIENCE_STORE"] = previous_store
-            leadership.resign()
+            _current.remove(the_job)
+        if previous_store is None:
+            os.environ.pop("RESILIENCE_STORE", None)
+        else:
+            os.environ["RESILIENCE_STORE"] = previous_store
+        the_job.leadership.resign()
 
 
 def job(

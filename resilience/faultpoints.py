@@ -2,10 +2,10 @@
 
 A fault point is armed by a file ``<workdir>/.resilience/faults/<name>`` whose
 content is the action: ``kill`` (SIGKILL this process, once: the file is
-removed first so the restarted process goes on), or ``pause <seconds>``.
+removed first so the restarted process goes on), ``pause <seconds>``, or
+``enospc`` / ``eio`` (the code at the point fails with that errno while armed).
 Storage points (`io_hook`, used by the checkpoint store for every write) also
-take ``enospc`` and ``eio`` (the write fails with that errno while armed) and
-``slow <seconds>``. With no
+take ``slow <seconds>``. With no
 file the check costs one `stat`, so the points stay in production code: the
 crash a chaos scenario injects is then the real one, at the exact place (for
 example between a sink's pre-commit and its commit), not an imitation.
@@ -20,10 +20,45 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["STORE_WRITE", "arm", "armed", "disarm", "hit", "io_hook", "take"]
+__all__ = [
+    "ACTOR_BEFORE_REPLY",
+    "POINTS",
+    "SINK_BEFORE_COMMIT",
+    "SINK_BEFORE_PRECOMMIT",
+    "STORE_WRITE",
+    "TASK_POINT",
+    "arm",
+    "disarm",
+    "hit",
+    "io_hook",
+    "take",
+]
 
 STORE_WRITE = "store.write"
 """The fault point of every checkpoint store write."""
+
+ACTOR_BEFORE_REPLY = "actor.before_reply"
+"""`@resilient`: a call is durable in the log, its reply not sent yet (per actor directory)."""
+
+SINK_BEFORE_PRECOMMIT = "{sink}.before_precommit"
+SINK_BEFORE_COMMIT = "{sink}.before_commit"
+"""A two-phase-commit stage named `sink` (``ledger`` in the payments job): before it
+stages a checkpoint's rows, and between pre-commit and commit (the window 2PC exists for)."""
+
+TASK_POINT = "{task}.{point}"
+"""A point an operator of task `task` takes itself (`take`), e.g. the payments Java stage's
+``balances-<i>.java_snapshot``."""
+
+POINTS = {
+    STORE_WRITE: "every checkpoint store write (io_hook): enospc, eio, slow S, kill, pause S",
+    ACTOR_BEFORE_REPLY: "an actor call logged and durable, reply not sent: kill",
+    SINK_BEFORE_PRECOMMIT: "a sink stage before staging a checkpoint's rows: kill, eio, ...",
+    SINK_BEFORE_COMMIT: "a sink stage between pre-commit and commit: kill, pause S",
+    TASK_POINT: "taken by an operator itself, one-shot (the payments Java stage: "
+                "balances-<i>.java_snapshot kill)",
+}
+"""Every fault point of the product, named in this one place; the code passes these
+names (formatted with the sink or task) to `hit`, `take` and `io_hook`."""
 
 _ACTIONS = ("kill", "exit", "enospc", "eio", "on")
 
@@ -76,17 +111,9 @@ def hit(workdir: Path, name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action.startswith(("pause ", "slow ")):
         time.sleep(float(action.split()[1]))
-
-
-def armed(workdir: Path, name: str) -> bool:
-    """Whether switch `name` is armed with ``on`` (a deliberately broken build, for tests
-    of the harness itself: e.g. ``ledger.commit_early``)."""
-    if not _maybe_armed(workdir):
-        return False
-    try:
-        return _path(workdir, name).read_text().strip() == "on"
-    except FileNotFoundError:
-        return False
+    elif action in ("enospc", "eio"):
+        code = errno.ENOSPC if action == "enospc" else errno.EIO
+        raise OSError(code, os.strerror(code), name)
 
 
 def take(workdir: Path, name: str) -> str | None:

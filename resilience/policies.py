@@ -31,14 +31,14 @@ __all__ = [
     "CheckpointTrigger",
     "Decision",
     "Detector",
-    "Escalate",
+    "EscalateToJob",
+    "FailCalls",
     "FailoverAction",
     "FailoverChain",
     "FailoverState",
-    "GiveUp",
     "Health",
-    "Promote",
-    "Restart",
+    "PromoteStandby",
+    "RestartActor",
     "StandbyStatus",
     "decide",
     "escalate",
@@ -314,29 +314,29 @@ class FailoverState:
 
 
 @dataclass(frozen=True)
-class Promote:
+class PromoteStandby:
     index: int
     reason: str
 
 
 @dataclass(frozen=True)
-class Restart:
+class RestartActor:
     delay_s: float
     attempt: int
     reason: str
 
 
 @dataclass(frozen=True)
-class Escalate:
+class EscalateToJob:
     reason: str
 
 
 @dataclass(frozen=True)
-class GiveUp:
+class FailCalls:
     reason: str
 
 
-Decision = Promote | Restart | Escalate | GiveUp
+Decision = PromoteStandby | RestartActor | EscalateToJob | FailCalls
 
 
 def decide(policy: FailoverAction | FailoverChain, state: FailoverState) -> Decision:
@@ -351,16 +351,16 @@ def decide(policy: FailoverAction | FailoverChain, state: FailoverState) -> Deci
                          f"(bound {action.max_lag}): not promoted" for s in lagging)
             if ready:
                 best = min(ready, key=lambda s: (s.lag_calls, s.index))
-                return Promote(best.index, "; ".join([f"standby {best.index} "
+                return PromoteStandby(best.index, "; ".join([f"standby {best.index} "
                                                       f"({best.lag_calls} calls behind)", *notes]))
             if not state.standbys or not any(s.alive for s in state.standbys):
                 notes.append("no live standby")
         elif isinstance(action, restart):
             attempt = state.restarts_used + 1
             if attempt <= action.max:
-                return Restart(action.delay_s(attempt), attempt,
+                return RestartActor(action.delay_s(attempt), attempt,
                                "; ".join([f"restart {attempt} of {action.max}", *notes]))
             notes.append(f"restart budget of {action.max} spent")
         elif isinstance(action, escalate):
-            return Escalate("; ".join(["escalated to a whole-job restore", *notes]))
-    return GiveUp("; ".join(notes) or "no failover action applies")
+            return EscalateToJob("; ".join(["escalated to a whole-job restore", *notes]))
+    return FailCalls("; ".join(notes) or "no failover action applies")

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from resilience._embedded_etcd import EmbeddedEtcd, EmbeddedEtcdCluster
+from resilience.coordination._embedded import EmbeddedEtcd, EmbeddedEtcdCluster
 
 __all__ = ["embedded_etcd", "embedded_etcd_cluster", "process_state", "wait_until"]
 

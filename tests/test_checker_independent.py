@@ -1,7 +1,7 @@
 """The exactly-once checker shares no code path with the job it judges.
 
 A bug in shared validation or ledger code would be wrong the same way in the job
-and in the checker, and the checker would then bless it. So resilience/checker.py
+and in the checker, and the checker would then bless it. So fusion_jobs/payments/checker.py
 may import the standard library only.
 """
 
@@ -11,7 +11,7 @@ import ast
 import sys
 from pathlib import Path
 
-CHECKER = Path(__file__).resolve().parents[1] / "resilience" / "checker.py"
+CHECKER = Path(__file__).resolve().parents[1] / "fusion_jobs" / "payments" / "checker.py"
 PROJECT_PACKAGES = {"resilience", "checkpoint", "chaos"}
 
 

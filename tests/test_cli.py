@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from checkpoint import FileSystemStore
+from fusion_jobs.payments.generator import generate
+from fusion_jobs.payments.job import STATE_SCHEMA_VERSION, PaymentsOptions, payments_pipeline
 from resilience._runtime._driver import PipelineRunner
 from resilience._runtime._savepoints import savepoint_store
 from resilience.cli import main
-from resilience.jobs.payments.generator import generate
-from resilience.jobs.payments.job import STATE_SCHEMA_VERSION, PaymentsOptions, payments_pipeline
 from resilience.testing import wait_until
 
 
@@ -61,6 +61,96 @@ def test_bad_option_values_are_refused(capsys: pytest.CaptureFixture[str]) -> No
         main(["gen-payments", "--events", "-3", "--out", "x"])
     assert e.value.code == 2
     assert "-3 must be > 0" in capsys.readouterr().err
+
+
+def test_an_input_directory_and_a_workdir_file_are_named_as_such(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "payments", "--input", str(tmp_path), "--workdir",
+                 str(tmp_path / "w"), "--etcd", "127.0.0.1:1"])
+    assert code == 2
+    assert "is a directory, not a file" in _one_line_error(capsys)
+    src = tmp_path / "in.jsonl"
+    generate(src, events=10, accounts=5, seed=1)
+    workdir = tmp_path / "plain-file"
+    workdir.write_text("x")
+    assert main(["run", "payments", "--input", str(src), "--workdir", str(workdir),
+                 "--etcd", "127.0.0.1:1"]) == 2
+    assert "is a file, not a directory" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("--checkpoint-interval", "nan", "must be a number of seconds > 0"),
+    ("--checkpoint-interval", "inf", "must be a number of seconds > 0"),
+    ("--checkpoint-interval", "-1", "must be a number of seconds > 0"),
+    ("--etcd", "notahost", "is not HOST:PORT"),
+    ("--etcd", "host:99999", "is not HOST:PORT"),
+    ("--ray", "nowhere", "is not HOST:PORT"),
+    ("--etcd-timeout", "0", "must be a number of seconds > 0"),
+])
+def test_malformed_run_options_exit_2_before_anything_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str,
+        says: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["run", "payments", "--input", "x", "--workdir", str(tmp_path), option, value])
+    assert e.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_an_unreachable_etcd_is_one_line_exit_3_before_ray_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.jsonl"
+    generate(src, events=10, accounts=5, seed=1)
+    t0 = time.monotonic()
+    assert main(["run", "payments", "--input", str(src), "--workdir", str(tmp_path / "w"),
+                 "--etcd", "127.0.0.1:1"]) == 3
+    assert "etcd at 127.0.0.1:1 does not answer" in _one_line_error(capsys)
+    assert time.monotonic() - t0 < 30
+
+
+def test_checkpoints_list_on_a_missing_workdir_creates_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nonexistent"
+    assert main(["checkpoints", "list", "--workdir", str(missing), "--no-etcd"]) == 2
+    assert "does not exist" in _one_line_error(capsys)
+    assert not missing.exists()
+
+
+def test_the_summary_reports_checkpoints_skipped_at_the_start_and_quarantine() -> None:
+    from resilience.cli._main import _summary
+    from resilience.cli._run import RunResult
+
+    status = {
+        "job_id": "payments", "checkpoints_completed": 3, "checkpoints_failed": 0,
+        "fencing_epoch": 2, "quarantined": 1, "quarantine_file": "/w/quarantine.jsonl",
+        "last_checkpoint": {"at": 110.0},
+        "restores": [{"from_checkpoint": 7, "watermark": 501, "started_at": 100.0,
+                      "fallbacks": ["checkpoint 9: chunk ab12: checksum mismatch"]}],
+    }
+    text = _summary(RunResult(status=status, elapsed_s=12.0, input_lines=1_500,
+                              notes=["the embedded etcd exited; restarting it"]))
+    assert "started from checkpoint 7" in text
+    assert "skipped checkpoint 9: chunk ab12: checksum mismatch" in text
+    assert "1,000 input lines in 10.0s" in text  # read after the checkpoint, not all 1,500
+    assert "poison records quarantined: 1 (see /w/quarantine.jsonl)" in text
+    assert "note: the embedded etcd exited; restarting it" in text
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for code in ("0 ", "1 ", "2 ", "3 ", "130", "143"):
+        assert f"  {code}" in out
+
+
+def test_gen_payments_hostile_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "h.jsonl"
+    assert main(["gen-payments", "--events", "500", "--accounts", "20", "--hostile", "40",
+                 "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "+ 40 hostile lines" in said
+    assert "balance bomb of 1,026 transfers" in said
+    assert len(out.read_bytes().split(b"\n")) == 500 + 40 + 1026 + 1
 
 
 @pytest.mark.ray

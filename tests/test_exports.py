@@ -14,15 +14,17 @@ CHECKPOINT = {
     "CheckpointConfig", "CheckpointCorrupt", "CheckpointError", "CheckpointNotFound",
     "CheckpointStore", "ChunkRef", "CompactionPolicy", "CompleteSnapshot", "CoordinatorCore",
     "DEFAULT_MAX_PARALLELISM", "Deliver", "EndOfInput", "FaultHook", "FencedOut",
-    "FileSystemStore", "GarbageReport", "IncompatibleState", "InvalidStoreConfig",
-    "JsonLinesSource", "KeyGroupRange", "KeyedState", "Manifest", "PendingCheckpoint",
+    "FileSystemStore", "GarbageReport", "IncompatibleState", "InputChanged",
+    "InvalidStoreConfig", "JsonLinesSource", "KeyGroupRange", "KeyedState", "Manifest",
+    "PendingCheckpoint",
     "RecordInFlight", "ResilienceError", "RetentionPlan", "RewindableSource",
     "SQLiteTwoPhaseSink", "SinkOwnedElsewhere", "SourcePosition", "StateHandle",
     "StateSnapshot", "Step",
     "StoreWriteError", "SupportsGarbageCollection", "TakeSnapshot", "TaskSnapshot",
     "TaskVerification", "TwoPhaseCommitSink", "VerifyReport", "apply_retention",
     "chunk_ref_of", "collect_garbage", "copy_checkpoint", "key_group_of", "partition_of",
-    "plan_retention", "store_from_uri", "verify_checkpoint",
+    "plan_retention", "store_from_uri", "verify_checkpoint", "LogFollower", "WriteAheadLog",
+    "read_log", "SinkProgress", "SinkCommit", "SinkFingerprint",
 }
 
 RESILIENCE = {
@@ -34,23 +36,103 @@ RESILIENCE = {
     "ActorPolicy", "ResilientActorClass", "ResilientHandle", "StateNotSerializable", "resilient",
     "Job", "current_job", "escalate", "every", "missed_heartbeats", "no_progress", "restart",
     "standby", "JavaCallError", "java_actor", "CallFailed",
+    "InfrastructureError", "InputChanged", "QuarantineBudget", "Deadlines",
+    "CampaignTimeout", "CoordinationError", "EmbeddedEtcdError", "EtcdNotInstalled",
+    "InvalidCoordinationArgument", "InvalidEndpoint", "JavaBuildError", "RayUnreachable",
+    "WorkdirBusy", "CheckpointRecord", "CheckpointRegistry",
+    "InvalidSites", "ReplicationError", "SwitchoverRefused",
+    "InvalidModelConfig", "ModelError", "ModelRefused", "WeightsCorrupt",
+}
+
+MODELS = {
+    "ALIASES", "MODELS_KEY", "BookConfig", "Learner", "ModelBook", "ModelCheckpoints",
+    "AliasMove", "AliasRecord", "Decision", "GateConfig", "GateState",
+    "ModelRegistry", "ModelVersion", "Outcome", "Verdict", "Window", "WindowAccumulator",
+    "judge", "load_weights", "log_loss", "models_prefix", "weights_digest",
+}
+
+REPLICATION = {
+    "Handover", "LinkSecurity", "ReplicationConfig", "ReplicationRegistry", "Site", "Sites",
+    "make_pki",
 }
 
 
-@pytest.mark.parametrize(("module", "expected"), [(checkpoint, CHECKPOINT),
-                                                  (resilience, RESILIENCE)])
-def test_exports_are_pinned(module: object, expected: set[str]) -> None:
-    assert set(module.__all__) == expected  # type: ignore[attr-defined]
+PIPELINE = {
+    "CheckpointConfig", "CheckpointStore", "CommitListener", "CompactionPolicy", "Deadlines",
+    "IncompatibleState", "JobDefinition", "JobOptions", "JsonLinesSource", "KeyGroupRange",
+    "KeyedState", "Operator", "OperatorContext", "PipelineRunner", "PipelineSpec",
+    "QuarantineBudget", "SQLiteTwoPhaseSink", "SinkOperator", "SnapshotWriter",
+    "SourceOperator", "SourcePosition", "StageSpec", "StateHandle", "TaskSnapshot",
+    "TwoPhaseCommitSink", "Verdict", "WrittenSnapshot", "find_job", "known_jobs",
+    "SIDE_FILES_KEY", "SideFile",
+}
+
+JAVA = {
+    "COUNTER", "JavaActorClass", "JavaBuildError", "JavaCallError", "call", "code_search_path",
+    "ensure_java_built", "java_actor", "java_actor_class", "java_cause",
+    "java_code_search_path_if_available", "java_unavailable_reason", "pack", "pack_args",
+    "pack_long_map", "unpack", "unpack_long_map",
+}
+
+CHAOS = {
+    "FAULT_KINDS", "INVARIANTS", "ChaosProxy", "ExploreResult", "FaultStep", "FaultType",
+    "InvalidScenario", "JobSpec", "RandomSchedule", "RunOptions", "Scenario", "code_version",
+    "explore", "load_scenario", "parse_scenario", "run_scenario", "scenario_to_yaml",
+    "schedules", "SITE_FAULTS", "DrillError", "DrillOptions", "LocalSites", "run_drill",
+}
+
+CHAOS_REPORT = {
+    "FORMAT", "FORMAT_VERSION", "FaultRecord", "InvalidReport", "InvariantResult",
+    "JournalEvent", "Phase", "Report", "Sample", "SteadyStateResult", "read_json",
+    "render_html", "write_html", "write_json",
+}
+
+MODULES = {"checkpoint": CHECKPOINT, "resilience": RESILIENCE,
+           "resilience.pipeline": PIPELINE, "resilience.java": JAVA, "chaos": CHAOS,
+           "resilience.replication": REPLICATION, "resilience.models": MODELS,
+           "chaos.report": CHAOS_REPORT}
 
 
-@pytest.mark.parametrize("name", sorted(CHECKPOINT))
-def test_every_checkpoint_export_resolves(name: str) -> None:
-    assert getattr(checkpoint, name) is not None
+@pytest.mark.parametrize(("module", "expected"), sorted(MODULES.items()))
+def test_exports_are_pinned(module: str, expected: set[str]) -> None:
+    assert set(importlib.import_module(module).__all__) == expected
 
 
-@pytest.mark.parametrize("name", sorted(RESILIENCE))
-def test_every_resilience_export_resolves(name: str) -> None:
-    assert getattr(importlib.import_module("resilience"), name) is not None
+@pytest.mark.parametrize(("module", "name"), sorted(
+    (module, name) for module, names in MODULES.items() for name in names))
+def test_every_export_resolves(module: str, name: str) -> None:
+    assert getattr(importlib.import_module(module), name) is not None
+
+
+def test_every_fault_point_name_is_declared_in_one_place() -> None:
+    """The product passes fault point names only from resilience.faultpoints."""
+    import ast
+    from pathlib import Path
+
+    from resilience import faultpoints
+
+    names = {name.split(".")[-1] for name in faultpoints.POINTS}
+    root = Path(__file__).resolve().parents[1]
+    literals = []
+    for package in ("resilience", "fusion_jobs", "chaos"):
+        for path in (root / package).rglob("*.py"):
+            if path.name == "faultpoints.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                        and node.value in {"before_commit", "before_precommit",
+                                           "before_reply", "store.write"}):
+                    literals.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert names >= {"write", "before_reply", "before_precommit", "before_commit", "{point}"}
+    assert literals == []
+
+
+def test_every_error_is_exported() -> None:
+    """Each error class the layers define is reachable from the package's public names."""
+    import resilience._errors
+
+    for name in resilience._errors.__all__:
+        assert getattr(resilience, name) is getattr(resilience._errors, name)
 
 
 def test_one_root_error() -> None:

@@ -56,6 +56,7 @@ class OperatorContext:
     parallelism: int
     workdir: Path
     checkpointing: bool = True  # False: no barriers but the final one; no guarantees
+    replicated: bool = False  # a standby site receives every checkpoint (sinks ship rows)
 
 
 @runtime_checkable

@@ -16,12 +16,13 @@ Layout under ``/resilience/jobs/<job>/``::
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from resilience._etcd import EtcdClient
-from resilience.coordination import Leadership
+from resilience.coordination._client import EtcdClient
+from resilience.coordination._election import Leadership
 
 __all__ = ["CheckpointRecord", "CheckpointRegistry", "job_prefix"]
 
@@ -63,9 +64,12 @@ class CheckpointRegistry:
     def _key(self, checkpoint_id: int) -> str:
         return f"{self.prefix}checkpoints/{checkpoint_id:020d}"
 
-    def commit(self, leadership: Leadership, record: CheckpointRecord) -> None:
-        """Make the checkpoint complete. Raises `FencedOut` for a deposed leader."""
-        leadership.fenced_txn(puts={self._key(record.checkpoint_id): record.to_bytes()})
+    def commit(self, leadership: Leadership, record: CheckpointRecord,
+               also: dict[str, bytes] | None = None) -> None:
+        """Make the checkpoint complete, with the puts `also` in the same transaction (the
+        model versions it publishes). Raises `FencedOut` for a deposed leader."""
+        leadership.fenced_txn(puts={**(also or {}),
+                                    self._key(record.checkpoint_id): record.to_bytes()})
 
     def completed(self) -> list[CheckpointRecord]:
         """Complete checkpoints, oldest first."""
@@ -87,7 +91,8 @@ class CheckpointRegistry:
             leadership.fenced_txn(deletes=[self._key(c) for c in checkpoint_ids])
 
     def set_state(self, leadership: Leadership | None, state: str, **detail: Any) -> None:
-        value = json.dumps({"state": state, **detail}, sort_keys=True).encode()
+        value = json.dumps({"state": state, "at": time.time(), **detail},
+                           sort_keys=True).encode()
         if leadership is None:
             self.client.put(f"{self.prefix}state", value)
         else:

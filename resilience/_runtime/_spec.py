@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint import DEFAULT_MAX_PARALLELISM, CheckpointConfig
+from resilience._runtime._poison import QuarantineBudget
+from resilience.replication._config import ReplicationConfig
 
 __all__ = ["OutputSpec", "PipelineSpec", "StageSpec", "TaskSpec"]
 
@@ -79,6 +81,7 @@ class TaskSpec:
     alignment_timeout_s: float | None
     window: int
     checkpointing: bool = True
+    replicated: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,12 @@ class PipelineSpec:
     window: int = 2
     batch_size: int = 2000
     restart_budget: int = 20
+    quarantine: QuarantineBudget = field(default_factory=QuarantineBudget)
     lease_ttl_s: int = 3
     savepoint_dir: Path | None = None
     initial_savepoint: Path | None = None  # a savepoint's own directory, imported at start
     run_id: str = ""  # one `resilience run`; a savepoint is imported once per run
+    replication: ReplicationConfig | None = None  # this site's part in a multi-site job
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]
@@ -187,6 +192,7 @@ class PipelineSpec:
                         alignment_timeout_s=self.alignment_timeout_s,
                         window=self.window,
                         checkpointing=self.checkpoint is not None,
+                        replicated=self.replication is not None,
                     )
                 )
         return out

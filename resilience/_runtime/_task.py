@@ -22,20 +22,21 @@ import os
 import pickle
 import queue
 import resource
+import sqlite3
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import ray
-from ray.exceptions import RayActorError
 
 from checkpoint import (
     BarrierAligner,
+    CheckpointError,
     CheckpointStore,
     ChunkRef,
     CompleteSnapshot,
@@ -46,7 +47,6 @@ from checkpoint import (
     Step,
     TakeSnapshot,
     TaskSnapshot,
-    partition_of,
     store_from_uri,
 )
 from resilience import faultpoints
@@ -56,7 +56,9 @@ from resilience._runtime._operator import (
     SnapshotWriter,
     has_commit_hooks,
 )
-from resilience._runtime._spec import OutputSpec, TaskSpec
+from resilience._runtime._output import DownstreamLost, Output
+from resilience._runtime._poison import describe_record, record_digest
+from resilience._runtime._spec import TaskSpec
 from resilience.clock import ProjectClock
 
 __all__ = ["TaskActor", "split_snapshot"]
@@ -80,89 +82,83 @@ def split_snapshot(snapshot: TaskSnapshot) -> tuple[TaskSnapshot, ChunkRef | Non
     return op, channel_ref
 
 
-class DownstreamLost(Exception):
-    """A push to a downstream task failed because that task is gone."""
+class OperatorFailed(Exception):
+    """The operator raised while processing a batch of records (maybe a poison record)."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(f"stage {stage}: {_one_line(error)}")
+
+
+class PoisonRecord(Exception):
+    """One record, processed alone, made the operator raise."""
+
+    def __init__(self, stage: str, channel: int, record: Any, error: BaseException) -> None:
+        self.entry: dict[str, Any] = {
+            "stage": stage,
+            "channel": channel,
+            "digest": record_digest(record),
+            "record": describe_record(record),
+            "error": _one_line(error),
+        }
+        super().__init__(f"stage {stage}: record {self.entry['digest'][:12]} "
+                         f"({self.entry['record'][:120]}) fails alone: {self.entry['error']}")
+
+
+# Errors a retry can cure (a full disk, an I/O error, a locked database): the task
+# declines that checkpoint and goes on. Anything else (a value that does not encode)
+# would fail every later snapshot too: the task fails and the job restores.
+TRANSIENT_WRITE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, CheckpointError, sqlite3.OperationalError)
+
+
+class SnapshotDebt:
+    """Whether a snapshot may complete a checkpoint, given the writes that failed before it.
+
+    A failed write's changes are handed back to the operator (`SnapshotWriter.failed`,
+    on the processing thread), which puts them into its next snapshot. A snapshot
+    begun before that hand-back lacks them, so it must never complete a checkpoint:
+    restored, that checkpoint would silently miss the failed interval's changes
+    (found as a ledger missing thousands of rows after a failed pre-commit, exit 0).
+    This holds whatever the operator does with `failed`.
+
+    Failures are counted on the writer thread, hand-backs on the processing thread;
+    a snapshot remembers how many hand-backs there had been when it began. Writes run
+    in the order snapshots began, so when a snapshot is written every failure counted
+    so far belongs to an earlier one.
+    """
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.handed_back = 0
+
+    def begin(self) -> int:
+        """At a snapshot's start: the token `may_complete` needs."""
+        return self.handed_back
+
+    def may_complete(self, begun_at: int) -> bool:
+        """On the writer thread: were all earlier failures handed back before it began?"""
+        return self.failed <= begun_at
+
+    def write_failed(self) -> None:
+        self.failed += 1
+
+    def hand_back(self, count: int) -> None:
+        self.handed_back += count
+
+    def reset(self) -> None:
+        """After a restore (with the writer idle): the operator starts from a checkpoint."""
+        self.failed = self.handed_back = 0
+
+
+def _one_line(error: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(type(error), error)).strip()
+    line = text.splitlines()[-1] if text else repr(error)
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")[:500]
 
 
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return float(usage.ru_utime + usage.ru_stime)
-
-
-class _Output:
-    """One downstream stage as seen from one upstream task."""
-
-    def __init__(self, spec: OutputSpec, namespace: str, window: int) -> None:
-        self.spec = spec
-        self.namespace = namespace
-        self.window = window
-        n = len(spec.actor_names)
-        self._handles: list[Any] | None = None
-        self.buffers: list[list[Any]] = [[] for _ in range(n)]
-        self.inflight: list[deque[Any]] = [deque() for _ in range(n)]
-        self._route_cache: dict[str, int] = {}
-
-    @property
-    def handles(self) -> list[Any]:
-        if self._handles is None:
-            self._handles = [
-                ray.get_actor(name, namespace=self.namespace) for name in self.spec.actor_names
-            ]
-        return self._handles
-
-    def route(self, records: Sequence[Any]) -> None:
-        buffers = self.buffers
-        if len(buffers) == 1:
-            buffers[0].extend(records)
-            return
-        key = self.spec.key
-        assert key is not None
-        cache = self._route_cache
-        n = len(buffers)
-        maxp = self.spec.max_parallelism
-        for r in records:
-            k = key(r)
-            p = cache.get(k)
-            if p is None:
-                p = cache[k] = partition_of(k, n, maxp)
-            buffers[p].append(r)
-
-    def flush(self, generation: int, barrier: int = 0, eos: bool = False,
-              must_align: bool = False) -> None:
-        """Send buffered records (and a barrier / end of stream) to every downstream task."""
-        handles = self.handles
-        for j, buf in enumerate(self.buffers):
-            if not buf and not barrier and not eos:
-                continue
-            # One pickle of the whole batch: Ray's own argument serialization turns every
-            # tuple into a separately pickled msgpack extension, ~3.5x slower here.
-            payload = pickle.dumps(buf, protocol=pickle.HIGHEST_PROTOCOL) if buf else b""
-            ref = handles[j].push.remote(generation, self.spec.channel, payload, barrier, eos,
-                                         must_align)
-            self.buffers[j] = []
-            inflight = self.inflight[j]
-            inflight.append(ref)
-            while len(inflight) > self.window:
-                self._wait(j, inflight.popleft())
-
-    def _wait(self, j: int, ref: Any) -> None:
-        try:
-            ray.get(ref)
-        except RayActorError as e:
-            name = self.spec.actor_names[j].rsplit("/", 1)[-1]
-            raise DownstreamLost(f"downstream task {name} died or is restarting") from e
-
-    def drain(self) -> None:
-        """Wait for every push in flight (raises if a downstream task failed)."""
-        for j, inflight in enumerate(self.inflight):
-            while inflight:
-                self._wait(j, inflight.popleft())
-
-    def reset(self) -> None:
-        for buf in self.buffers:
-            buf.clear()
-        for inflight in self.inflight:
-            inflight.clear()
 
 
 class TaskActor:
@@ -183,6 +179,7 @@ class TaskActor:
                     parallelism=spec.parallelism,
                     workdir=spec.workdir,
                     checkpointing=spec.checkpointing,
+                    replicated=spec.replicated,
                 )
             )
         except Exception as e:  # noqa: BLE001
@@ -192,17 +189,23 @@ class TaskActor:
             fault_hook=faultpoints.io_hook(spec.workdir))
         self.generation = UNRESTORED
         self.failed = False
-        self.outputs = [_Output(o, spec.namespace, spec.window) for o in spec.outputs]
+        self.outputs = [Output(o, spec.namespace, spec.window) for o in spec.outputs]
         self.clock = ProjectClock(spec.workdir, f"task:{spec.task_id}")
         self.aligner = BarrierAligner(spec.n_inputs, alignment_timeout_s=self._alignment_timeout(),
                                       clock=self.clock.monotonic)
         self.writer = ThreadPoolExecutor(1, thread_name_prefix=f"snapshot-{spec.task_id}")
         self._failed_writers: queue.SimpleQueue[SnapshotWriter] = queue.SimpleQueue()
-        self._open_unaligned: tuple[int, SnapshotWriter, dict[int, list[Any]]] | None = None
+        self._open_unaligned: tuple[int, SnapshotWriter, dict[int, list[Any]], int] | None = None
         self._pending_replay: list[tuple[int, list[Any]]] = []
         self._must_align: set[int] = set()  # barriers that must not go unaligned
         self._coordinator: Any = None
         self._commits = spec.commits and has_commit_hooks(self.op)
+        # Poison records (see _poison.py): while isolating, records go to the operator one
+        # at a time; quarantined ones are never given to it.
+        self._quarantine: frozenset[str] = frozenset()
+        self._isolating = False
+        self.quarantined_skipped = 0
+        self._debt = SnapshotDebt()
         self.records_in = 0
         self.records_out = 0
         self.snapshots = 0
@@ -242,6 +245,8 @@ class TaskActor:
             "snapshots": self.snapshots,
             "restarted": self.incarnation_restarted,
             "unaligned": self.aligner.unaligned_count,
+            "isolating": self._isolating,
+            "quarantined_skipped": self.quarantined_skipped,
             "cpu_s": _cpu_seconds(),
         }
 
@@ -265,11 +270,16 @@ class TaskActor:
         checkpoint_id: int,
         fencing_epoch: int,
         watermark: int,
+        *,
+        isolate: bool = False,
+        quarantine: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Reset to `snapshots` and join `generation`. Idempotent for the same generation.
 
         `snapshots` is this task's own snapshot, or none (fresh start), or after a
-        change of parallelism every snapshot of the stage.
+        change of parallelism every snapshot of the stage. `isolate`: give the
+        operator one record at a time until told otherwise (`end_isolation`);
+        records whose digest is in `quarantine` are skipped (see _poison.py).
 
         Raises `CheckpointCorrupt` (from the store) when the snapshot does not
         verify: the coordinator then falls back to an older checkpoint.
@@ -281,6 +291,9 @@ class TaskActor:
         self._on_writer(lambda: None)
         while not self._failed_writers.empty():
             self._failed_writers.get_nowait()
+        self._debt.reset()  # the writer is idle: no race
+        self._isolating = bool(isolate)
+        self._quarantine = frozenset(quarantine)
         replay: list[tuple[int, list[Any]]] = []
         parts = [split_snapshot(s) for s in snapshots]
         self.op.restore(self.store, [op for op, _ in parts])
@@ -307,6 +320,17 @@ class TaskActor:
         self.failed = False
         self.generation = generation
         return {"task_id": self.spec.task_id, "pid": os.getpid(), "checkpoint_id": checkpoint_id}
+
+    def export_copy(self, dest: str) -> dict[str, int]:
+        """A whole copy of a sink's database at `dest`, taken on the writer thread (between
+        two of its commits), for a standby site's bootstrap; returns its progress."""
+        export = getattr(self.op, "export_copy", None)
+        if not callable(export):
+            raise JobFailed(f"task {self.spec.task_id}: its operator has no export_copy")
+        progress = self._on_writer(lambda: export(Path(dest)))
+        return {"last_committed": int(progress.last_committed),
+                "fencing_epoch": int(progress.fencing_epoch),
+                "watermark": int(progress.watermark)}
 
     def checkpoint_complete(self, checkpoint_id: int, fencing_epoch: int, watermark: int) -> None:
         """Checkpoint is durable: let a two-phase-commit operator commit (on the writer thread)."""
@@ -368,22 +392,61 @@ class TaskActor:
             self._flush()
             return {"read": len(records), "end": end, "watermark": self.op.watermark()}
         except Exception as e:  # noqa: BLE001
-            self._fail(e)
-            return {"failed": True, "error": repr(e)}
+            detail = self._fail(e)
+            return {"failed": True, "error": repr(e), "detail": detail}
 
     def _before_input(self) -> None:
-        while not self._failed_writers.empty():
-            self._failed_writers.get_nowait().failed()
+        if not self._failed_writers.empty():
+            failed: list[SnapshotWriter] = []
+            while not self._failed_writers.empty():
+                failed.append(self._failed_writers.get_nowait())
+            # Newest first: an operator that puts records back at the front of a buffer
+            # then ends up with them in their original order.
+            for writer in reversed(failed):
+                writer.failed()
+            self._debt.hand_back(len(failed))
         if self._pending_replay:
             replay, self._pending_replay = self._pending_replay, []
             for channel, recs in replay:
-                self._emit(self.op.process(channel, recs))
+                self._emit(self._process(channel, recs))
+
+    def _process(self, channel: int, records: Sequence[Any]) -> list[Any]:
+        if self._quarantine:
+            quarantine = self._quarantine
+            kept = [r for r in records if record_digest(r) not in quarantine]
+            self.quarantined_skipped += len(records) - len(kept)
+            records = kept
+        if self._isolating:
+            return self._process_one_by_one(channel, records)
+        try:
+            out: list[Any] = self.op.process(channel, records)
+        except Exception as e:
+            raise OperatorFailed(self.spec.stage, e) from e
+        return out
+
+    def _process_one_by_one(self, channel: int, records: Sequence[Any]) -> list[Any]:
+        """Isolation: each record alone, so the one that raises is known; it raises
+        `PoisonRecord` and the coordinator quarantines it."""
+        op = self.op
+        out: list[Any] = []
+        for record in records:
+            try:
+                out.extend(op.process(channel, [record]))
+            except Exception as e:
+                raise PoisonRecord(self.spec.stage, channel, record, e) from e
+        return out
+
+    def end_isolation(self, generation: int) -> None:
+        """A checkpoint completed after the restore that isolated this task: every record
+        before its barrier went through alone; batches again from here."""
+        if generation == self.generation:
+            self._isolating = False
 
     def _execute(self, steps: list[Step]) -> None:
         op = self.op
         for s in steps:
             if isinstance(s, Deliver):
-                self._emit(op.process(s.channel, s.records))
+                self._emit(self._process(s.channel, s.records))
             elif isinstance(s, TakeSnapshot):
                 self._take_snapshot(s.checkpoint_id, s.unaligned)
             elif isinstance(s, RecordInFlight):
@@ -391,9 +454,9 @@ class TaskActor:
                     self._open_unaligned[2].setdefault(s.channel, []).extend(s.records)
             elif isinstance(s, CompleteSnapshot):
                 if self._open_unaligned is not None:
-                    cid, writer, inflight = self._open_unaligned
+                    cid, writer, inflight, handed_back = self._open_unaligned
                     self._open_unaligned = None
-                    self._submit_snapshot(cid, writer, inflight)
+                    self._submit_snapshot(cid, writer, inflight, handed_back)
             elif isinstance(s, EndOfInput):
                 self._emit(op.end_of_input())
                 self._flush()
@@ -414,6 +477,7 @@ class TaskActor:
 
     def _take_snapshot(self, checkpoint_id: int, unaligned: bool) -> None:
         writer = self.op.snapshot(checkpoint_id)
+        handed_back = self._debt.begin()
         # Records emitted before the barrier go out with it, in the same push.
         must_align = checkpoint_id in self._must_align
         self._must_align.discard(checkpoint_id)
@@ -421,20 +485,32 @@ class TaskActor:
             out.flush(self.generation, barrier=checkpoint_id, must_align=must_align)
         self.snapshots += 1
         if unaligned:
-            self._open_unaligned = (checkpoint_id, writer, {})
+            self._open_unaligned = (checkpoint_id, writer, {}, handed_back)
         else:
-            self._submit_snapshot(checkpoint_id, writer, None)
+            self._submit_snapshot(checkpoint_id, writer, None, handed_back)
 
     def _submit_snapshot(
-        self, checkpoint_id: int, writer: SnapshotWriter, inflight: dict[int, list[Any]] | None
+        self, checkpoint_id: int, writer: SnapshotWriter, inflight: dict[int, list[Any]] | None,
+        handed_back: int,
     ) -> None:
+        """Queue the snapshot's write; `handed_back`: failures handed back when it began."""
         generation = self.generation
         spec = self.spec
         store = self.store
         coordinator = self.coordinator
         failed = self._failed_writers
 
+        debt = self._debt
+
+        def decline(reason: str) -> None:
+            debt.write_failed()
+            failed.put(writer)  # its changes go to a later snapshot
+            coordinator.decline.remote(generation, checkpoint_id, spec.task_id, reason)
+
         def job() -> None:
+            if not debt.may_complete(handed_back):
+                decline("an earlier snapshot of this task failed after this one began")
+                return
             try:
                 written = writer.write(store)
                 chunks = written.chunks
@@ -445,24 +521,39 @@ class TaskActor:
                     meta["channel_state"] = True
                     meta["inflight_records"] = sum(len(v) for v in inflight.values())
                 snap = TaskSnapshot(spec.task_id, spec.stage, chunks, meta)
-            except Exception as e:  # noqa: BLE001 - a failed snapshot declines, never crashes
-                failed.put(writer)
-                coordinator.decline.remote(generation, checkpoint_id, spec.task_id, repr(e))
+            except TRANSIENT_WRITE_ERRORS as e:
+                decline(repr(e))
+                return
+            except Exception as e:  # noqa: BLE001 - never crash the writer thread
+                # Retrying cannot help (the state does not encode, the sink refuses a
+                # value): decline, and fail the task so the job restores and replays.
+                decline(repr(e))
+                self.failed = True
+                self._report("failure", {
+                    "reason": f"task {spec.task_id} cannot write its snapshot: {_one_line(e)}",
+                    "kind": "error"})
                 return
             coordinator.ack.remote(generation, checkpoint_id, spec.task_id, snap)
 
         self.writer.submit(job)
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException) -> dict[str, Any]:
+        """Stop taking input and report why (what kind of failure says how to recover)."""
         self.failed = True
+        detail: dict[str, Any]
         if isinstance(error, DownstreamLost):
-            reason = str(error)
+            detail = {"reason": str(error), "kind": "crash"}
+        elif isinstance(error, PoisonRecord):
+            detail = {"reason": str(error), "kind": "poison", "poison": error.entry}
+        elif isinstance(error, OperatorFailed):
+            detail = {"reason": str(error), "kind": "operator"}
         else:
-            reason = "".join(traceback.format_exception_only(type(error), error)).strip()
-        log.warning("task %s failed: %s", self.spec.task_id, reason)
-        self._report("failure", reason)
+            detail = {"reason": _one_line(error), "kind": "error"}
+        log.warning("task %s failed: %s", self.spec.task_id, detail["reason"])
+        self._report("failure", detail)
+        return detail
 
-    def _report(self, kind: str, detail: str = "") -> None:
+    def _report(self, kind: str, detail: Any = "") -> None:
         try:
             self.coordinator.report.remote(self.generation, self.spec.task_id, kind, detail)
         except Exception:  # noqa: BLE001 - the coordinator may be restarting; it will notice

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from chaos._report_html import _decimate, _nice_ticks, _place_labels, _throughput
 from chaos.report import (
     FORMAT_VERSION,
     FaultRecord,
@@ -24,10 +25,6 @@ from chaos.report import (
     Report,
     Sample,
     SteadyStateResult,
-    _decimate,
-    _nice_ticks,
-    _place_labels,
-    _throughput,
     read_json,
     render_html,
     write_html,

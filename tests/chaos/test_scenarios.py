@@ -50,9 +50,24 @@ BAD = [
     ("title: x\ninvariants: [consistency]\n", 2, "unknown invariant 'consistency'"),
     ("title: x\ninvariants: []\n", 2, "is empty"),
     ("title: x\n", 1, "missing 'invariants'"),
-    ("title: x\ninvariants: [exactly_once]\nmethod:\n  - {fault: site_loss, target: 'site:b', "
-     "at: {seconds: 1}}\n", 4, "needs cross-datacenter replication"),
-    ("title: x\ninvariants: [replication_lag]\n", 2, "not built yet"),
+    ("title: x\ninvariants: [exactly_once]\nmethod:\n  - {fault: site_loss, "
+     "at: {seconds: 1}}\n", 4, "needs a job on two sites"),
+    ("title: x\ninvariants: [{replication_lag: {max_seconds: 1}}]\n", 2, "needs a job on two"),
+    ("title: x\ninvariants: [rollback_time]\n", 2, "not built yet"),
+    ("title: x\njob: {sites: 2}\ninvariants: [exactly_once]\nmethod:\n  - {fault: kill, "
+     "target: 'task:a', at: {seconds: 1}}\n", 5, "acts inside one site"),
+    ("title: x\njob: {sites: 2}\ninvariants: [exactly_once]\nmethod:\n  - {fault: site_loss, "
+     "at: {seconds: 1}}\n  - {fault: switchover, at: {seconds: 2}}\n", 5, "exactly one fault"),
+    ("title: x\njob: {sites: 2}\ninvariants: [exactly_once]\n", 2, "exactly one fault, got 0"),
+    ("title: x\njob: {sites: 2, kind: keyed_sums}\ninvariants: [exactly_once]\nmethod:\n"
+     "  - {fault: site_loss, at: {seconds: 1}}\n", 2, "is the payments job"),
+    ("title: x\njob: {sites: 2}\ninvariants: [exactly_once]\nmethod:\n  - {fault: "
+     "replication_partition, at: {seconds: 1}, duration: 1}\n", 5, "lasts at least 4s"),
+    ("title: x\njob: {sites: 2}\ninvariants: [exactly_once]\nmethod:\n  - {fault: "
+     "site_loss, at: {seconds: 1}, params: {mode: eventual}}\n", 5, "mode must be sync or"),
+    ("title: x\njob: {sites: 2}\ninvariants: [exactly_once]\nmethod:\n  - {fault: "
+     "site_loss, at: {seconds: 1}}\nabort:\n  - {probe: no_progress}\n", 6, "takes no abort"),
+    ("title: x\njob: {sites: 3}\ninvariants: [exactly_once]\n", 2, "job.sites must be 1 or 2"),
     ("title: [unclosed\n", 2, "not valid YAML"),
     ("title: x\ninvariants: [exactly_once]\nmethod:\n  - {fault: kill, target: 'task:a', "
      "at: {seconds: 1, lines: 4}}\n", 4, "give one of seconds or lines"),
@@ -98,6 +113,19 @@ def test_the_cli_refuses_an_invalid_file_with_exit_code_2(
     err = capsys.readouterr().err
     assert f"{bad}:4: unknown fault kind 'explode'" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("option", ["--json", "--html"])
+def test_a_report_into_a_missing_directory_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    path = Path(__file__).resolve().parents[2] / "scenarios" / "actor-crash.yaml"
+    target = tmp_path / "missing" / "report.out"
+    assert main(["chaos", "run", str(path), option, str(target),
+                 "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {option}: the directory {target.parent} of report.out does not exist" in err
+    assert not (tmp_path / "w").exists()  # nothing started
 
 
 def test_dry_run_prints_the_plan_and_injects_nothing(
@@ -168,3 +196,36 @@ def test_a_workdir_with_an_earlier_run_is_refused_before_anything_starts(
     assert "Traceback" not in err
     assert sorted(p.name for p in earlier.iterdir()) == (
         ["job"] if command == "run" else ["run-001"])  # nothing written, nothing started
+
+
+def test_a_two_site_schedule_draws_every_case_of_fault_mode_and_failback() -> None:
+    scenario = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" /
+                             "random-sites.yaml")
+    cases = set()
+    for seed in range(300):
+        (step,) = scenario.plan(seed)
+        cases.add((step.kind, step.params["mode"], step.params["failback"]))
+        if step.kind == "replication_partition":
+            assert step.duration is not None
+            assert 4 <= step.duration <= 8
+        assert check_fault(step) is None
+    assert len(cases) == 12, sorted(cases)
+
+
+def test_a_two_site_step_becomes_the_drill_it_describes(tmp_path: Path) -> None:
+    from chaos._environment import RunOptions
+    from chaos._sites_run import drill_options
+
+    scenario = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" /
+                             "replication-partition.yaml")
+    (step,) = scenario.plan(0)
+    drill = drill_options(scenario, step, tmp_path, RunOptions(progress=False))
+    assert (drill.fault, drill.mode, drill.failback, drill.partition_s) == (
+        "partition", "sync", True, 6.0)
+    assert drill.fault_at == 150_000 / 1_000_000
+    assert drill.fault_after_s is None
+    timed = scenario.with_method([type(step)(kind="site_loss", at_seconds=2.5,
+                                             params={"mode": "async"})])
+    drill = drill_options(timed, timed.plan(0)[0], tmp_path, RunOptions(progress=False))
+    assert (drill.fault, drill.mode, drill.failback, drill.fault_after_s) == (
+        "site-kill", "async", False, 2.5)

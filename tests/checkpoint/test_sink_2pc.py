@@ -22,7 +22,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = (("ord", "INTEGER"), ("account", "TEXT"), ("delta", "INTEGER"),
            ("balance_after", "INTEGER"))
 
-# As in resilience/jobs/payments/job.py: the last balance_after of each account in
+# As in fusion_jobs/payments/job.py: the last balance_after of each account in
 # the committed range, upserted in the commit transaction.
 BALANCES_DDL = "CREATE TABLE IF NOT EXISTS balances (account TEXT PRIMARY KEY, balance INTEGER)"
 BALANCES_UPSERT = (

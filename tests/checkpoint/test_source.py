@@ -9,7 +9,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from checkpoint import CheckpointError, JsonLinesSource, RewindableSource, SourcePosition
+from checkpoint import (
+    CheckpointError,
+    InputChanged,
+    JsonLinesSource,
+    RewindableSource,
+    SourcePosition,
+)
 
 Opener = Callable[..., JsonLinesSource]
 
@@ -175,3 +181,84 @@ def test_any_reads_and_seeks_back_give_the_file_split_into_lines(
     assert got == expected
     assert source.exhausted
     assert source.position() == SourcePosition(len(data), len(expected) + 1)
+
+
+# -- input identity ---------------------------------------------------------------------
+
+
+def _read_to(path: Path, lines: int) -> SourcePosition:
+    source = JsonLinesSource(path)
+    try:
+        source.read_batch(lines)
+        return source.position()
+    finally:
+        source.close()
+
+
+def _resume(path: Path, position: SourcePosition) -> list[tuple[int, bytes]]:
+    source = JsonLinesSource(path)
+    try:
+        source.seek(SourcePosition.from_json(position.to_json()))  # as from a checkpoint
+        return read_all(source)
+    finally:
+        source.close()
+
+
+def test_another_file_is_refused_naming_what_differs(tmp_path: Path) -> None:
+    first = tmp_path / "a.jsonl"
+    first.write_bytes(b"one\ntwo\nthree\n")
+    position = _read_to(first, 2)
+    other = tmp_path / "b.jsonl"
+    other.write_bytes(b"one\nTWO\nthree\n")  # same size, one byte class differs
+    with pytest.raises(InputChanged, match=r"first 8 bytes \(lines 1 to 2\) differ"):
+        _resume(other, position)
+    shorter = tmp_path / "c.jsonl"
+    shorter.write_bytes(b"one\n")
+    with pytest.raises(InputChanged, match="holds 4 bytes, fewer than the 8"):
+        _resume(shorter, position)
+    # The same bytes under another name are the same input.
+    copy = tmp_path / "d.jsonl"
+    copy.write_bytes(first.read_bytes())
+    assert _resume(copy, position) == [(3, b"three")]
+
+
+def test_the_same_file_grown_since_is_resumed(tmp_path: Path) -> None:
+    path = tmp_path / "stream.jsonl"
+    path.write_bytes(b"one\ntwo\n")
+    position = _read_to(path, 10)
+    with path.open("ab") as f:
+        f.write(b"three\nfour\n")
+    assert _resume(path, position) == [(3, b"three"), (4, b"four")]
+
+
+@pytest.mark.parametrize(("grown", "expected"), [
+    (b"\nnext\n", [(2, b"next")]),  # the newline the last line lacked, then more lines
+    (b"\r\nnext\n", [(2, b"next")]),
+    (b"", []),  # not grown at all
+])
+def test_a_last_line_read_without_its_newline_is_resumed_after_it(
+        tmp_path: Path, grown: bytes, expected: list[tuple[int, bytes]]) -> None:
+    path = tmp_path / "stream.jsonl"
+    path.write_bytes(b"partial")
+    position = _read_to(path, 10)
+    assert position.tail_open
+    with path.open("ab") as f:
+        f.write(grown)
+    assert _resume(path, position) == expected
+
+
+def test_a_last_line_that_grew_after_it_was_read_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "stream.jsonl"
+    path.write_bytes(b"first\npart")
+    position = _read_to(path, 10)
+    with path.open("ab") as f:
+        f.write(b"ial\n")  # the writer had not finished the line
+    with pytest.raises(InputChanged, match="line 2 was read at the end of the file without"):
+        _resume(path, position)
+
+
+def test_a_position_from_before_the_crc_was_recorded_still_seeks(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"a\nb\nc\n")
+    assert _resume(path, SourcePosition.from_json({"offset": 2, "next_line": 2})) == [
+        (2, b"b"), (3, b"c")]

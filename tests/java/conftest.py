@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from resilience._java import (
+from resilience._java._bridge import (
     ensure_java_built,
     java_actor_class,
     java_unavailable_reason,

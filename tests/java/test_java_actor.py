@@ -20,7 +20,7 @@ import pytest
 import ray
 
 from resilience import JavaCallError, java_actor, resilient
-from resilience._java import COUNTER
+from resilience._java._bridge import COUNTER
 from resilience.policies import every, restart
 from resilience.testing import wait_until
 
@@ -88,7 +88,7 @@ def test_the_java_side_reads_and_restores_a_snapshot_without_python(
     tmp_path: Path, java_ready: None, java_jar: Path
 ) -> None:
     from checkpoint import FileSystemStore
-    from resilience._java import ray_dist_jar
+    from resilience._java._bridge import ray_dist_jar
 
     counter = java_actor(COUNTER, checkpoint=every(calls=5), store=tmp_path / "store"
                          ).options(name="java-inspected").remote()

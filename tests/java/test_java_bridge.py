@@ -20,8 +20,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from resilience._java import (
-    BALANCES_STAGE,
+from fusion_jobs.payments.java_balances import BALANCES_STAGE
+from fusion_jobs.payments.job import Balances
+from resilience._java._bridge import (
     COUNTER,
     JAR_NAME,
     RESILIENT_HOST,
@@ -35,7 +36,6 @@ from resilience._java import (
     unpack,
     unpack_long_map,
 )
-from resilience.jobs.payments.job import Balances
 from resilience.testing import process_state, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,7 +199,7 @@ class TestBalancesStage:
     ) -> None:
         import ray
 
-        stage = java_actors(BALANCES_STAGE)
+        stage = java_actors("io.fusionresilience.BalancesStageDrill")  # tests' own subclass
         get(call(stage, "process", pack([[1, "t1", "a", 5, 0.5]])))
         assert get(call(stage, "failNextRestore", True)) is False
 

@@ -1,26 +1,31 @@
 """The payments job with its balance stage in Java, on real Ray and etcd, real SIGKILLs.
 
-The verdict comes from `resilience.checker` (no code shared with the job), and the
+The verdict comes from `fusion_jobs.payments.checker` (no code shared with the job), and the
 ledger is compared row by row, scores included, with a crash-free run that used the
 *Python* balance stage: the two stages are interchangeable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
+import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+import ray.cloudpickle
 
+from fusion_jobs.payments.checker import verify
+from fusion_jobs.payments.generator import generate
+from fusion_jobs.payments.java_balances import JavaBalances
+from fusion_jobs.payments.job import PaymentsOptions, payments_pipeline
 from resilience import faultpoints
-from resilience._runtime._driver import PipelineRunner
-from resilience.checker import verify
-from resilience.jobs.payments.generator import generate
-from resilience.jobs.payments.job import PaymentsOptions, payments_pipeline
+from resilience.pipeline import PipelineRunner
 from resilience.testing import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.etcd, pytest.mark.java]
@@ -45,12 +50,37 @@ def python_reference(payments_input: Path, tmp_path_factory: pytest.TempPathFact
     return workdir
 
 
+class DrillJavaBalances(JavaBalances):
+    """The Java stage with failures on demand (test-only, as its Java class in java/test):
+    fault point ``balances-<i>.java_snapshot`` ``exit`` makes the JVM call System.exit
+    inside the snapshot; ``balances-<i>.java_restore`` ``on`` makes the restore throw."""
+
+    java_class = "io.fusionresilience.BalancesStageDrill"
+
+    def fail_in_snapshot(self, how: str | None) -> None:
+        if how == "exit":
+            self._get("exitInNextSnapshot", 3)
+        else:
+            super().fail_in_snapshot(how)
+
+    def before_restore(self) -> None:
+        if self.point("java_restore") == "on":
+            self._get("failNextRestore", True, retries=-1)
+
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
 def _run(input_path: Path, workdir: Path, etcd: str, job_id: str, *, stage: str = "java",
          chaos: Any = None, interval: float = 0.3, standby: bool = True) -> dict[str, Any]:
     spec = payments_pipeline(PaymentsOptions(
         input_path, workdir, parallelism=2, checkpoint_interval_s=interval,
         job_id=f"{job_id}-{os.getpid()}-{time.time_ns()}", balances_stage=stage,
         java_standby=standby))
+    if stage == "java":
+        spec = dataclasses.replace(spec, stages=[
+            dataclasses.replace(s, factory=partial(DrillJavaBalances, standby=standby))
+            if s.name == "balances" else s for s in spec.stages])
     errors: list[BaseException] = []
     with PipelineRunner(spec, etcd) as runner:
         thread = None
@@ -95,10 +125,31 @@ def _wait_lines(runner: PipelineRunner, lines: int) -> dict[str, Any]:
     return holder
 
 
-def _restored_after(runner: PipelineRunner, generation: int, what: str) -> None:
-    wait_until(lambda: (runner.status() or {}).get("generation", generation) > generation
-               and (runner.status() or {}).get("state") == "running",
-               timeout_s=90, message=f"no restore after {what}")
+def _restored_after(runner: PipelineRunner, generation: int, what: str) -> dict[str, Any]:
+    """Wait for the restore that follows a kill in `generation`; return the status of the
+    new generation once it has completed a checkpoint of its own, so a next kill can follow
+    at once (an absolute line count raced the end of the input on a slow machine)."""
+    holder: dict[str, Any] = {}
+
+    def restored() -> bool:
+        st = runner.status() or {}
+        if st.get("generation", generation) > generation and st.get("state") == "running":
+            holder.update(st)
+            return True
+        return False
+
+    wait_until(restored, timeout_s=90, message=f"no restore after {what}")
+    checkpoints = holder.get("checkpoints_completed", 0)
+
+    def checkpointed() -> bool:
+        st = runner.status() or {}
+        if st.get("state") == "running" and st.get("checkpoints_completed", 0) > checkpoints:
+            holder.update(st)
+            return True
+        return False
+
+    wait_until(checkpointed, timeout_s=90, message=f"no checkpoint after the restore ({what})")
+    return dict(holder)
 
 
 @pytest.mark.parametrize("standby", [True, False], ids=["standby-jvm", "ray-restart"])
@@ -109,13 +160,13 @@ def test_java_stage_jvms_sigkilled_three_times(
     kills: list[tuple[str, int]] = []
 
     def chaos(runner: PipelineRunner) -> None:
-        for i, task in enumerate(["balances-0", "balances-1", "balances-0"]):
-            generation = _wait_lines(runner, 8_000 + 15_000 * i)["generation"]
+        st = _wait_lines(runner, 8_000)
+        for task in ["balances-0", "balances-1", "balances-0"]:
             pid = runner.helper_pids()[task]["java"]
             assert pid not in runner.pids().values()  # a JVM, not the Python task worker
             os.kill(pid, signal.SIGKILL)
             kills.append((task, pid))
-            _restored_after(runner, generation, f"killing the JVM of {task}")
+            st = _restored_after(runner, st["generation"], f"killing the JVM of {task}")
 
     status = _run(payments_input, tmp_path, etcd_server.endpoint, "jvm-kill3", chaos=chaos,
                   standby=standby)
@@ -134,8 +185,8 @@ def test_a_python_and_a_java_stage_fail_over_in_the_same_run(
         worker = runner.pids()["model-0"]
         os.kill(jvm, signal.SIGKILL)
         os.kill(worker, signal.SIGKILL)
-        _restored_after(runner, generation, "killing a JVM and a Python worker")
-        generation = _wait_lines(runner, 35_000)["generation"]
+        generation = _restored_after(runner, generation,
+                                     "killing a JVM and a Python worker")["generation"]
         os.kill(runner.pids()["balances-0"], signal.SIGKILL)  # the Python host of a JVM
         _restored_after(runner, generation, "killing the Python task hosting a JVM")
 
@@ -161,7 +212,7 @@ def test_a_java_restore_that_throws_falls_back_to_an_older_checkpoint(
     why = failure["fallbacks"][0]
     # Which checkpoint, which actor, and the Java exception's own words.
     assert why.startswith("checkpoint ")
-    assert "io.fusionresilience.BalancesStage of task balances-0" in why
+    assert "io.fusionresilience.BalancesStageDrill of task balances-0" in why
     assert "failNextRestore(true) was set" in why
     assert failure["from_checkpoint"] < int(why.split()[1].rstrip(":"))
     _assert_exactly_once(payments_input, tmp_path, python_reference)

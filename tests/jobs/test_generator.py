@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from resilience.checker import Transfer, parse_transfer
-from resilience.jobs.payments.generator import (
+from fusion_jobs.payments.checker import Transfer, parse_transfer
+from fusion_jobs.payments.generator import (
     FEATURE_BUCKETS,
     MULE_BUCKET,
     GenerateStats,

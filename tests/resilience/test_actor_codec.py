@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from checkpoint import CheckpointCorrupt
 from resilience import JavaCallError
-from resilience._actor_codec import MSGPACK_MAGIC, CallFailed, codec_for
+from resilience._actors._codec import MSGPACK_MAGIC, CallFailed, codec_for
 
 PLAIN = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8)

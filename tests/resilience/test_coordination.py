@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from checkpoint._errors import FencedOut
-from resilience._embedded_etcd import EmbeddedEtcd
-from resilience._etcd import Compare, EtcdClient, WatchEvent
-from resilience.coordination import (
+from resilience.coordination._client import Compare, EtcdClient, WatchEvent
+from resilience.coordination._election import (
     CampaignTimeout,
     InvalidCoordinationArgument,
     LeaderElection,
@@ -25,6 +24,7 @@ from resilience.coordination import (
     compare_and_swap,
     watch_prefix,
 )
+from resilience.coordination._embedded import EmbeddedEtcd
 from resilience.testing import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -164,8 +164,8 @@ def test_epochs_strictly_increase_across_successive_leaders(
 
 _LEADER_CHILD = """
     import sys, time
-    from resilience._etcd import EtcdClient
-    from resilience.coordination import LeaderElection
+    from resilience.coordination._client import EtcdClient
+    from resilience.coordination._election import LeaderElection
     client = EtcdClient(sys.argv[1])
     election = LeaderElection(client, "job", "child", ttl_s=float(sys.argv[3]),
                               namespace=sys.argv[2])

@@ -16,18 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from resilience._embedded_etcd import (
-    ENDPOINT_ENV,
-    EmbeddedEtcd,
-    EmbeddedEtcdCluster,
-    EmbeddedEtcdError,
-    EtcdNotInstalled,
-    _death_signal_prefix,
-    endpoint_file,
-    etcd_endpoint,
-    find_etcd_binary,
-)
-from resilience._etcd import (
+from resilience.coordination._client import (
     Compare,
     Delete,
     EtcdClient,
@@ -38,6 +27,17 @@ from resilience._etcd import (
     Put,
     WatchEvent,
     parse_endpoints,
+)
+from resilience.coordination._embedded import (
+    ENDPOINT_ENV,
+    EmbeddedEtcd,
+    EmbeddedEtcdCluster,
+    EmbeddedEtcdError,
+    EtcdNotInstalled,
+    _death_signal_prefix,
+    endpoint_file,
+    etcd_endpoint,
+    find_etcd_binary,
 )
 from resilience.testing import process_state, wait_until
 
@@ -131,6 +131,44 @@ def test_startup_failure_reports_the_log_tail(
     monkeypatch.setattr(sys, "executable", str(fake.parent / "python"))
     with pytest.raises(EmbeddedEtcdError, match=r"exited with code 3(.|\n)*boom: cannot start"):
         EmbeddedEtcd(tmp_path / "data")
+
+
+def test_startup_failure_names_a_full_disk_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """etcd logs the cause in JSON, then panics with a Go stack trace: the cause wins."""
+    fake = tmp_path / "bin" / "etcd"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        "echo '{\"level\":\"fatal\",\"msg\":\"failed to create WAL\",\"error\":"
+        "\"write data/member/wal/0.tmp: no space left on device\"}' >&2\n"
+        "echo 'panic: failed to create WAL' >&2\n"
+        "echo 'goroutine 1 [running]:' >&2\n"
+        "echo 'go.uber.org/zap/zapcore.CheckWriteAction.OnWrite(0x2, 0xc000)' >&2\n"
+        "exit 2\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake.parent / "python"))
+    with pytest.raises(EmbeddedEtcdError) as info:
+        EmbeddedEtcd(tmp_path / "data")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "exited with code 2 during startup: no space left on device" in message
+
+
+def test_a_real_etcd_on_a_full_disk_says_so(tmp_path: Path) -> None:
+    """The real binary on a 2 MiB tmpfs (needs the right to mount: skipped otherwise)."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(tiny)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        with pytest.raises(EmbeddedEtcdError, match="no space left on device"):
+            EmbeddedEtcd(tiny / "etcd")
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)
 
 
 # -- the client against the session's server -----------------------------------------
@@ -328,7 +366,7 @@ def test_stop_of_a_paused_server_does_not_hang(tmp_path: Path) -> None:
 
 _EMBEDDED_CHILD = """
     import sys, time
-    from resilience._embedded_etcd import EmbeddedEtcd
+    from resilience.coordination._embedded import EmbeddedEtcd
     server = EmbeddedEtcd(sys.argv[1])
     print(server.pid, flush=True)
     time.sleep(60)
@@ -423,3 +461,37 @@ def test_etcd_endpoint_precedence_explicit_then_env_then_embedded(
     assert not endpoint_file(tmp_path).exists()
     with pytest.raises(EtcdUnavailable):
         EtcdClient.connect(endpoint, timeout_s=1.0)
+
+
+@pytest.mark.etcd
+def test_a_lease_outlives_its_ttl_when_the_raft_leader_dies_unless_another_member_leads(
+        tmp_path: Path) -> None:
+    """Why the drill keeps etcd's raft leader at the witness: a new raft leader renews
+    every lease for a whole TTL, so losing the site whose member led would delay the
+    expiry of that site's lease (its detection) by about a TTL. With the leader moved
+    away (`move_leader`), losing the member lets the lease expire on time."""
+
+    def expiry_after_losing(cluster: EmbeddedEtcdCluster, lost: int, witness: int) -> float:
+        client = EtcdClient(cluster.members[witness].endpoint, timeout_s=2.0)
+        try:
+            lease = client.grant_lease(2)
+            client.keepalive_once(lease.lease_id)
+            cluster.members[lost].kill()
+            started = time.monotonic()
+            while True:
+                assert time.monotonic() - started < 30
+                with contextlib.suppress(EtcdUnavailable):  # while raft elects a leader
+                    if client.lease_time_to_live(lease.lease_id) == -1:
+                        return time.monotonic() - started
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    with EmbeddedEtcdCluster(tmp_path / "moved", 3) as cluster:
+        cluster.move_leader(cluster.members[2])
+        on_time = expiry_after_losing(cluster, lost=0, witness=2)
+    with EmbeddedEtcdCluster(tmp_path / "leader-lost", 3) as cluster:
+        cluster.move_leader(cluster.members[0])
+        extended = expiry_after_losing(cluster, lost=0, witness=2)
+    assert on_time < 2.8, on_time
+    assert extended > on_time + 1.0, (on_time, extended)

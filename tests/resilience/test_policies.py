@@ -6,13 +6,13 @@ import pytest
 import tenacity
 
 from resilience.policies import (
-    Escalate,
+    EscalateToJob,
+    FailCalls,
     FailoverChain,
     FailoverState,
-    GiveUp,
     Health,
-    Promote,
-    Restart,
+    PromoteStandby,
+    RestartActor,
     StandbyStatus,
     decide,
     escalate,
@@ -70,21 +70,21 @@ CHAIN = standby(1, max_lag=100) | restart(max=2) | escalate()
 def test_promotes_the_least_lagging_live_standby() -> None:
     state = FailoverState(standbys=[StandbyStatus(1, True, 50), StandbyStatus(2, True, 3),
                                     StandbyStatus(3, False, 0)])
-    assert decide(CHAIN, state) == Promote(2, "standby 2 (3 calls behind)")
+    assert decide(CHAIN, state) == PromoteStandby(2, "standby 2 (3 calls behind)")
 
 
 def test_a_standby_beyond_its_lag_bound_is_reported_and_not_promoted() -> None:
     decision = decide(CHAIN, FailoverState(standbys=[StandbyStatus(1, True, 500)]))
-    assert isinstance(decision, Restart)
+    assert isinstance(decision, RestartActor)
     assert "standby 1 is 500 calls behind (bound 100): not promoted" in decision.reason
 
 
 def test_restart_budget_then_escalate_then_give_up() -> None:
-    assert isinstance(decide(CHAIN, FailoverState(restarts_used=1)), Restart)
+    assert isinstance(decide(CHAIN, FailoverState(restarts_used=1)), RestartActor)
     decision = decide(CHAIN, FailoverState(restarts_used=2))
-    assert isinstance(decision, Escalate)
+    assert isinstance(decision, EscalateToJob)
     assert "restart budget of 2 spent" in decision.reason
-    assert isinstance(decide(restart(max=2), FailoverState(restarts_used=2)), GiveUp)
+    assert isinstance(decide(restart(max=2), FailoverState(restarts_used=2)), FailCalls)
 
 
 def test_decide_is_pure() -> None:

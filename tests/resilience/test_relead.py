@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from resilience._runtime._coordinator import should_revoke_before_campaign
+from resilience._runtime._leading import should_revoke_before_campaign
 
 ACTOR = "a1b2"
 ME = f"{ACTOR}:4242:cafe"

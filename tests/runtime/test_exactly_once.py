@@ -1,6 +1,6 @@
 """Exactly-once end to end: the payments job on real Ray and real etcd, real SIGKILLs.
 
-The verdict comes from `resilience.checker`, which shares no code with the job,
+The verdict comes from `fusion_jobs.payments.checker`, which shares no code with the job,
 and the ledger is compared row by row (scores included) with a crash-free run.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
+from fusion_jobs.payments.checker import verify
+from fusion_jobs.payments.generator import generate
+from fusion_jobs.payments.job import PaymentsOptions, payments_pipeline
 from resilience import faultpoints
 from resilience._runtime._driver import PipelineRunner
-from resilience.checker import verify
-from resilience.jobs.payments.generator import generate
-from resilience.jobs.payments.job import PaymentsOptions, payments_pipeline
 from resilience.testing import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.etcd]

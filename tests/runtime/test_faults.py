@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 
 from checkpoint import FileSystemStore
+from fusion_jobs.payments.checker import verify
+from fusion_jobs.payments.generator import generate
+from fusion_jobs.payments.job import PaymentsOptions, payments_pipeline
 from resilience import faultpoints
 from resilience._runtime._driver import PipelineRunner
-from resilience.checker import verify
-from resilience.jobs.payments.generator import generate
-from resilience.jobs.payments.job import PaymentsOptions, payments_pipeline
 from resilience.testing import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.etcd]
 
-EVENTS = 80_000
+EVENTS = 250_000  # long enough for a failed checkpoint and a restore mid-run on a fast machine
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +37,29 @@ def payments_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _run(opts: PaymentsOptions, etcd: str, chaos: Any) -> dict[str, Any]:
     spec = payments_pipeline(opts)
     with PipelineRunner(spec, etcd) as runner:
-        thread = threading.Thread(target=chaos, args=(runner,), daemon=True)
+        errors: list[BaseException] = []
+
+        def guarded() -> None:
+            try:
+                chaos(runner)
+            except BaseException as exc:  # reported below, after the run
+                errors.append(exc)
+
+        thread = threading.Thread(target=guarded, daemon=True)
         thread.start()
         status = runner.wait(timeout_s=400)
         thread.join(timeout=30)
+    assert not errors, f"the fault injection did not happen as planned: {errors[0]!r}"
     return status
 
 
 def _status(runner: PipelineRunner) -> dict[str, Any]:
-    return runner.status() or {}
+    """The coordinator's status; a poll that gets no answer (a busy machine) is retried."""
+    for _ in range(30):
+        status = runner.status()
+        if status is not None:
+            return status
+    raise TimeoutError("the coordinator did not answer a status poll for 30 tries")
 
 
 def test_full_disk_and_corrupt_checkpoints_fall_back_to_an_older_good_one(
@@ -96,7 +110,7 @@ def test_unaligned_checkpoints_with_kills_stay_exactly_once(
     # The keyed-sums job has a stateful stage with two inputs; alignment timeout 0
     # makes every checkpoint there unaligned: in-flight records are stored with it and
     # a restore must replay them. (Two-phase-commit sinks always align.)
-    from resilience.jobs.keyed_sums import SumsOptions, check_sums, keyed_sums_pipeline
+    from fusion_jobs.keyed_sums import SumsOptions, check_sums, keyed_sums_pipeline
 
     opts = SumsOptions(tmp_path, total=120_000, keys=500, alignment_timeout_s=0.0,
                        job_id=f"sums-{time.time_ns()}", lag_s=0.01)
@@ -143,10 +157,10 @@ def test_no_silent_fallback_past_an_unaligned_checkpoint(
 ) -> None:
     # Falling back past a committed checkpoint that stored in-flight records could lose
     # or duplicate them at the sink: the job must stop and say so instead.
+    from fusion_jobs.keyed_sums import SumsOptions, keyed_sums_pipeline
     from resilience._errors import JobFailed
-    from resilience._etcd import EtcdClient
     from resilience._runtime._registry import CheckpointRegistry
-    from resilience.jobs.keyed_sums import SumsOptions, keyed_sums_pipeline
+    from resilience.coordination._client import EtcdClient
 
     opts = SumsOptions(tmp_path, total=400_000, keys=500, alignment_timeout_s=0.0,
                        job_id=f"nofall-{time.time_ns()}", lag_s=0.01)

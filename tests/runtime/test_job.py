@@ -56,7 +56,7 @@ def test_a_job_leads_under_an_epoch_and_records_its_state(
 
     second()
     assert again["epoch"] > seen["epoch"]
-    from resilience._etcd import EtcdClient
+    from resilience.coordination._client import EtcdClient
 
     with EtcdClient(etcd_server.endpoint) as client:
         record = json.loads(client.get("/resilience/jobs/limits-job/driver").value)

@@ -197,7 +197,7 @@ def test_a_standby_takes_over_when_the_primary_dies(tmp_path: Path, ray_local: s
     assert now["role"] == "primary"
     assert now["index"] == 1  # the warm standby, not a restarted process
     assert now["pid"] != primary["pid"]
-    assert handle._failovers[0]["decision"] == "Promote"
+    assert handle._failovers[0]["decision"] == "PromoteStandby"
     _assert_exactly_once(results, resilient.state(handle), 450)
     # The killed replica comes back as the new standby and catches up.
     wait_until(lambda: resilient.ping(handle, 0)["role"] == "standby"

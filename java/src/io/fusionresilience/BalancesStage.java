@@ -33,12 +33,10 @@ import org.msgpack.core.MessageUnpacker;
  * int that MessagePack cannot carry). A batch that throws, for any reason, changes nothing.
  * Exceptions reach Python as described in {@link ResilientHost}.
  */
-public final class BalancesStage {
+public class BalancesStage {
 
   private Map<String, Long> balances = new HashMap<>();
   private Set<String> dirty = new HashSet<>();
-  private boolean failNextRestore;
-  private int exitInNextSnapshot = -1;
 
   /** An empty stage (also what Ray's restart of a crashed actor gives). */
   public BalancesStage() {}
@@ -143,7 +141,7 @@ public final class BalancesStage {
    *     number of accounts held)
    */
   public byte[] snapshotDelta() {
-    exitIfArmed();
+    beforeSnapshot();
     Map<String, Long> changed = new TreeMap<>();
     for (String account : dirty) {
       changed.put(account, balances.get(account));
@@ -158,7 +156,7 @@ public final class BalancesStage {
 
   /** The full state as MessagePack {@code {account: balance}} (does not touch the delta). */
   public byte[] snapshot() {
-    exitIfArmed();
+    beforeSnapshot();
     return Msg.packLongMap(balances);
   }
 
@@ -168,14 +166,9 @@ public final class BalancesStage {
    * @param fullState MessagePack map {@code {account: balance}}
    * @return the number of accounts now held
    * @throws IllegalArgumentException if the bytes are not such a map (the state is unchanged)
-   * @throws IllegalStateException once after {@code failNextRestore(true)} (the test hook)
    */
   public long restore(byte[] fullState) {
-    if (failNextRestore) {
-      failNextRestore = false;
-      throw new IllegalStateException(
-          "BalancesStage.restore refused on purpose: failNextRestore(true) was set");
-    }
+    beforeRestore();
     Map<String, Long> restored = Msg.unpackLongMap(fullState);
     balances = restored;
     dirty = new HashSet<>();
@@ -188,33 +181,13 @@ public final class BalancesStage {
   }
 
   /**
-   * Test hook: when {@code true}, the next {@link #restore(byte[])} throws (once).
-   *
-   * @return the previous setting
+   * Called first by {@link #snapshotDelta()} and {@link #snapshot()}. Does nothing here; a
+   * subclass may fail or end the JVM there (the drills in the project's tests do).
    */
-  public boolean failNextRestore(boolean fail) {
-    boolean previous = failNextRestore;
-    failNextRestore = fail;
-    return previous;
-  }
+  protected void beforeSnapshot() {}
 
-  /**
-   * Test hook: the next {@link #snapshotDelta()} or {@link #snapshot()} calls {@code
-   * System.exit(code)} instead of answering: a JVM that ends itself in the middle of a
-   * checkpoint (a fatal error handler, an operator's script), as opposed to a SIGKILL.
-   *
-   * @return {@code code}
-   */
-  public long exitInNextSnapshot(long code) {
-    exitInNextSnapshot = (int) code;
-    return code;
-  }
-
-  private void exitIfArmed() {
-    if (exitInNextSnapshot >= 0) {
-      System.exit(exitInNextSnapshot);
-    }
-  }
+  /** Called first by {@link #restore(byte[])}; does nothing here (see {@link #beforeSnapshot}). */
+  protected void beforeRestore() {}
 
   /** The process id of this actor's JVM. */
   public long pid() {
