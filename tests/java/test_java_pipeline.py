@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,14 @@ class DrillJavaBalances(JavaBalances):
         if self.point("java_restore") == "on":
             self._get("failNextRestore", True, retries=-1)
 
+    def process(self, channel: int, records: Sequence[Any]) -> list[Any]:
+        # ``balances-<i>.throttle`` ``pause S``: every batch waits S while the chaos runs,
+        # so a kill cannot find the input already finished (CI: the third of three kills
+        # came after the end of a 60k-event input).
+        if self._ctx is not None:
+            faultpoints.hit(self._ctx.workdir, f"{self._ctx.task_id}.throttle")
+        return super().process(channel, records)
+
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -82,6 +91,9 @@ def _run(input_path: Path, workdir: Path, etcd: str, job_id: str, *, stage: str 
             dataclasses.replace(s, factory=partial(DrillJavaBalances, standby=standby))
             if s.name == "balances" else s for s in spec.stages])
     errors: list[BaseException] = []
+    throttled = [f"balances-{i}.throttle" for i in range(2)] if chaos is not None else []
+    for point in throttled:
+        faultpoints.arm(workdir, point, "pause 0.02")
     with PipelineRunner(spec, etcd) as runner:
         thread = None
         if chaos is not None:
@@ -90,6 +102,9 @@ def _run(input_path: Path, workdir: Path, etcd: str, job_id: str, *, stage: str 
                     chaos(runner)
                 except BaseException as e:  # reported by the test below
                     errors.append(e)
+                finally:
+                    for point in throttled:  # full speed to the end of the input
+                        faultpoints.disarm(workdir, point)
 
             thread = threading.Thread(target=guarded, daemon=True)
             thread.start()
@@ -162,7 +177,8 @@ def test_java_stage_jvms_sigkilled_three_times(
     def chaos(runner: PipelineRunner) -> None:
         st = _wait_lines(runner, 8_000)
         for task in ["balances-0", "balances-1", "balances-0"]:
-            pid = runner.helper_pids()[task]["java"]
+            # Only the task to kill is asked (a JVM just started elsewhere may answer late).
+            pid = runner.helper_pids(timeout_s=90, tasks=[task])[task]["java"]
             assert pid not in runner.pids().values()  # a JVM, not the Python task worker
             os.kill(pid, signal.SIGKILL)
             kills.append((task, pid))
