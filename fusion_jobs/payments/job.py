@@ -389,6 +389,7 @@ class FraudModel:
                 label(tx_id, fraud, labels_line)
                 continue
             line_no, tx_id, src, dst, amount = record
+            book.position = line_no
             p, version = score(tx_id, fraud_features(src, dst, amount))
             append((line_no, tx_id, src, -amount, p, version))
             append((line_no, tx_id, dst, amount, p, version))
@@ -420,6 +421,9 @@ class FraudModel:
         self.books.restore(store, snapshot.chunks, snapshot.metadata)
         self.quarantine.restore(snapshot.metadata.get(SIDE_FILES_KEY, {}).get(
             self.quarantine.name))
+
+    def checkpoint_completed(self, checkpoint_id: int) -> None:
+        self.books.checkpoint_completed(checkpoint_id)
 
     def end_of_input(self) -> list[Any]:
         return []

@@ -116,6 +116,9 @@ class JobCoordinator:
         self.task_ids = [t.task_id for t in self.task_specs]
         self.source_id = next(t.task_id for t in self.task_specs if t.is_source)
         self.sink_ids = [t.task_id for t in self.task_specs if t.commits]
+        # Tasks whose operator wants to know a checkpoint completed (they said so when
+        # restored): a model stage forgets the versions the registry now holds.
+        self._notified: set[str] = set()
         self._stage_of = {t.task_id: t.stage for t in self.task_specs}
         self._task_spec = {t.task_id: t for t in self.task_specs}
         self._handles: dict[str, Any] = {}
@@ -557,6 +560,8 @@ class JobCoordinator:
                                                         watermark)
             for t in self.sink_ids
         ]
+        for t in sorted(self._notified):  # fire and forget: a lost notice delays a prune
+            self._handle(t).checkpoint_completed.remote(done.checkpoint_id)
         self._record_checkpoint(manifest, watermark, done)
         name = self._savepoint_for.pop(done.checkpoint_id, None)
         if name is not None:
@@ -835,8 +840,10 @@ class JobCoordinator:
             ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=remaining)
             for ref in ready:
                 try:
-                    ray.get(ref)
+                    restored = ray.get(ref)
                     pending.discard(refs[ref])
+                    if restored.get("notify"):
+                        self._notified.add(refs[ref])
                 except RayActorError:
                     pass  # died while restoring: Ray restarts it; ask again
                 except RayError as e:

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from checkpoint import CheckpointStore, FencedOut, Manifest
-from resilience._errors import EtcdError, ModelError
+from resilience._errors import EtcdError, ModelError, ModelRefused
 from resilience.coordination._client import EtcdClient
 from resilience.coordination._election import Leadership
 from resilience.models._book import MODELS_KEY
@@ -58,7 +58,8 @@ class ModelPublisher:
                     model=model, version=int(v["version"]),
                     parent=None if v["parent"] is None else int(v["parent"]),
                     checkpoint_id=int(v["checkpoint_id"]),
-                    position={"trained_labels": int(v["trained_labels"])},
+                    position={"trained_labels": int(v["trained_labels"]),
+                              "input": v.get("position")},
                     created_at=manifest.created_at, digest=str(v["digest"]),
                     chunk=dict(v["chunk"]), trained_labels=int(v["trained_labels"]),
                     epoch=epoch))
@@ -92,7 +93,7 @@ class ModelPublisher:
                         mark_bad={v: {"why": move.why} for v in bad} or None)
                 except FencedOut:
                     raise
-                except (ModelError, EtcdError) as e:
+                except (ModelError, ModelRefused, EtcdError) as e:
                     self._refuse(f"model {model}: move {move_id} ({move.alias} "
                                  f"{move.from_version} -> {move.to_version}) refused: {e}")
                     continue

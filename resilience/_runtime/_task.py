@@ -319,7 +319,16 @@ class TaskActor:
         self._pending_replay = replay
         self.failed = False
         self.generation = generation
-        return {"task_id": self.spec.task_id, "pid": os.getpid(), "checkpoint_id": checkpoint_id}
+        return {"task_id": self.spec.task_id, "pid": os.getpid(), "checkpoint_id": checkpoint_id,
+                "notify": callable(getattr(self.op, "checkpoint_completed", None))}
+
+    def checkpoint_completed(self, checkpoint_id: int) -> None:
+        """Checkpoint `checkpoint_id` completed (sent to tasks whose operator has a
+        ``checkpoint_completed`` hook, e.g. a model stage: its versions are published).
+        On the actor's own thread, between two batches, like `push`."""
+        hook = getattr(self.op, "checkpoint_completed", None)
+        if callable(hook) and not self.failed:
+            hook(checkpoint_id)
 
     def export_copy(self, dest: str) -> dict[str, int]:
         """A whole copy of a sink's database at `dest`, taken on the writer thread (between

@@ -320,6 +320,17 @@ def _options(args: argparse.Namespace, job: Any) -> Any:
     )
 
 
+def _spans(numbers: list[int]) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9'."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
+
+
 def _summary(result: Any) -> str:
     st = result.status
     if st.get("role") == "standby" and not st.get("restores"):
@@ -350,6 +361,14 @@ def _summary(result: Any) -> str:
         lines.append(f"    from checkpoint {r['from_checkpoint']} in {r['duration_s']:.2f}s: "
                      f"{r['reason'][:120]}")
         lines.extend(f"      skipped {f}" for f in r.get("fallbacks", []))
+    for name, model in sorted((st.get("models") or {}).items()):
+        bad = model.get("bad") or []
+        lines.append(
+            f"  model {name}: version {model.get('serving')} serving, "
+            f"{model.get('last_good')} last good, {model.get('published', 0)} published; "
+            f"{model.get('rollbacks', 0)} rollbacks"
+            + (f" (versions {_spans(bad)} marked bad, {model.get('quarantined', 0):,} labels "
+               "quarantined)" if bad else ""))
     if quarantined:
         lines.append(f"  poison records quarantined: {quarantined} (see "
                      f"{st.get('quarantine_file', 'WORKDIR/quarantine.jsonl')})")

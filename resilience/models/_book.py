@@ -106,6 +106,9 @@ class ModelBook:
         """A model that has learned nothing: version 1 is the learner's initial weights,
         serving and last good (there is nothing to judge it against)."""
         initial = [float(x) for x in self.learner.initial()]
+        # Where in its input the stage stands (the payments job: the transfers line last
+        # scored): the stage sets it, and every version and move records it.
+        self.position: Any = None
         self.weights: list[float] = list(initial)
         self.versions: dict[int, list[float]] = {1: initial}
         self.trained_at: dict[int, int] = {1: 0}  # labels the version had learned
@@ -127,11 +130,16 @@ class ModelBook:
         self.suspect: list[tuple[int, str, bool, Any]] = []
         self.suspect_dropped = 0
         self.outbox: list[dict[str, Any]] = [{"kind": "publish", "version": 1, "parent": None,
-                                              "trained_labels": 0}]
-        self.undrained: set[int] = {1}  # published, not yet handed to a checkpoint
+                                              "trained_labels": 0, "position": None}]
+        # Versions the registry may not hold yet: their weights are kept (whatever
+        # keep_versions says) until a completed checkpoint has carried them.
+        self.unpublished: set[int] = {1}
         self._move("serving", None, 1, "the initial model", {})
         self._move("last_good", None, 1, "the initial model", {})
         self.quarantined: list[dict[str, Any]] = []
+        self.rollbacks = 0
+        self.windows = 0  # gate windows judged
+        self.quarantined_total = 0  # labels quarantined by every rollback so far
         self.verdicts: list[dict[str, Any]] = []  # recent window verdicts, for the status
 
     # -- serving ----------------------------------------------------------------------
@@ -177,6 +185,7 @@ class ModelBook:
 
     def _close_window(self) -> None:
         window = self.window.close()
+        self.windows += 1
         self.window = WindowAccumulator(self.config.gate.bins)
         gate = self.config.gate
         verdict = judge(window, gate, scores=self._judges_scores())
@@ -203,8 +212,8 @@ class ModelBook:
         self.trained_at[version] = self.learned
         self.parents[version] = self.serving
         self.outbox.append({"kind": "publish", "version": version, "parent": self.serving,
-                            "trained_labels": self.learned})
-        self.undrained.add(version)
+                            "trained_labels": self.learned, "position": self.position})
+        self.unpublished.add(version)
         self._move("candidate", self.candidate, version, "published", {})
         self.candidate = version
         self._move("serving", self.serving, version, "a new version serves while its gate "
@@ -225,12 +234,14 @@ class ModelBook:
 
     def _rollback(self, verdict: Verdict) -> None:
         good = self.last_good
-        bad = sorted(v for v in self.versions if v > good and v not in self.bad)
+        # Every version published since the good one (whether its weights are still kept
+        # or not), so the verdict does not depend on what was pruned when.
+        bad = [v for v in range(good + 1, self.next_version) if v not in self.bad]
         self.bad.update(bad)
         self._move("serving", self.serving, good, f"rolled back: {verdict.reason}",
                    {**verdict.evidence, "outcome": verdict.outcome, "marked_bad": bad})
         self.serving = good
-        self.candidate = None
+        # ``candidate`` stays: it names the newest version published, good or bad.
         self.weights = list(self.versions[good])
         since = self.trained_at[good]
         rewound = [s for s in self.suspect if s[0] > since]
@@ -240,6 +251,8 @@ class ModelBook:
             for _, key, label, ref in rewound)
         self.outbox.append({"kind": "quarantine", "labels": len(rewound),
                             "uncounted": self.suspect_dropped})
+        self.rollbacks += 1
+        self.quarantined_total += len(rewound) + self.suspect_dropped
         self.suspect = []
         self.suspect_dropped = 0
         self.learned = since  # the learner is the good version again
@@ -252,12 +265,12 @@ class ModelBook:
         self.moves += 1
         self.outbox.append({"kind": "move", "move_id": f"{self.name}-{self.moves}",
                             "alias": alias, "from": from_version, "to": to_version,
-                            "why": why, "evidence": evidence})
+                            "why": why, "evidence": {**evidence, "position": self.position}})
 
     def _forget_old(self) -> None:
         """Keep the weights of the aliased versions and of the newest `keep_versions`."""
         keep = set(sorted(self.versions)[-self.config.keep_versions:])
-        keep |= {self.serving, self.last_good, *self.undrained}
+        keep |= {self.serving, self.last_good, *self.unpublished}
         if self.candidate is not None:
             keep.add(self.candidate)
         for v in [v for v in self.versions if v not in keep]:
@@ -267,11 +280,17 @@ class ModelBook:
 
     # -- what leaves the book ---------------------------------------------------------
 
+    def published(self, versions: set[int]) -> None:
+        """`versions` are in the registry (a checkpoint that carried them completed): their
+        weights need no longer be kept beyond `keep_versions`."""
+        if self.unpublished & versions:
+            self.unpublished -= versions
+            self._forget_old()
+
     def drain(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The registry events and the quarantined labels since the last drain."""
         out, self.outbox = self.outbox, []
         quarantined, self.quarantined = self.quarantined, []
-        self.undrained = set()
         return out, quarantined
 
     def status(self) -> dict[str, Any]:
@@ -280,7 +299,9 @@ class ModelBook:
                 "bad": sorted(self.bad), "learned": self.learned,
                 "pending": len(self.pending), "unmatched": self.unmatched,
                 "gate": self.gate.to_json(), "window_labels": self.window.labels,
-                "verdicts": list(self.verdicts[-4:])}
+                "rollbacks": self.rollbacks, "windows": self.windows,
+                "quarantined": self.quarantined_total,
+                "published": self.next_version - 1, "verdicts": list(self.verdicts[-4:])}
 
     # -- checkpointing ----------------------------------------------------------------
 
@@ -299,6 +320,8 @@ class ModelBook:
             "forgotten": self.forgotten, "unmatched": self.unmatched,
             "suspect": [list(s) for s in self.suspect],
             "suspect_dropped": self.suspect_dropped, "verdicts": self.verdicts,
+            "rollbacks": self.rollbacks, "quarantined_total": self.quarantined_total,
+            "position": self.position, "windows": self.windows,
         }
 
     def load_state(self, doc: dict[str, Any]) -> None:
@@ -320,4 +343,9 @@ class ModelBook:
         self.suspect = [(int(n), str(k), bool(lab), ref) for n, k, lab, ref in doc["suspect"]]
         self.suspect_dropped = int(doc["suspect_dropped"])
         self.verdicts = list(doc["verdicts"])
-        self.outbox, self.quarantined, self.undrained = [], [], set()
+        self.rollbacks, self.quarantined_total = int(doc["rollbacks"]), int(
+            doc["quarantined_total"])
+        self.position, self.windows = doc["position"], int(doc["windows"])
+        # A restored book's versions are all published: the runtime publishes what a
+        # restored checkpoint carries before the job goes on.
+        self.outbox, self.quarantined, self.unpublished = [], [], set()

@@ -262,6 +262,8 @@ class ModelRegistry:
         (its history entry exists) or the alias no longer names `move.from_version` (an
         operator moved it since: the operator's move stands). Raises `FencedOut` when the
         reign is over and `ModelRefused` when the target may not serve."""
+        if self.client.get(self.history_key(move.model, move.move_id)) is not None:
+            return False  # applied before (its target may have been marked bad since)
         self._check_target(move.model, move.to_version, store, allow_bad=False,
                            marking=set(mark_bad or ()))
         ops = self._move_ops(move, mark_bad)

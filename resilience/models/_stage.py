@@ -58,7 +58,8 @@ class ModelCheckpoints:
                 elif e["kind"] == "publish":
                     self.docs[name][e["version"]] = {
                         "model": name, "version": e["version"], "parent": e["parent"],
-                        "checkpoint_id": checkpoint_id, "trained_labels": e["trained_labels"]}
+                        "checkpoint_id": checkpoint_id, "trained_labels": e["trained_labels"],
+                        "position": e.get("position")}
             del recent[:-_RECENT_MOVES]
             docs = self.docs[name]
             for v in [v for v in docs if v not in book.versions]:
@@ -70,6 +71,15 @@ class ModelCheckpoints:
             taken[name] = (state, weights, [dict(d) for d in docs.values()], list(recent),
                            book.status())
         return taken, quarantined
+
+    def checkpoint_completed(self, checkpoint_id: int) -> None:
+        """Checkpoint `checkpoint_id` completed: the versions it (or an earlier one) carried
+        are in the registry, and the books may forget them beyond `keep_versions`. Until
+        then a version stays in every snapshot, so a checkpoint that failed without a
+        restore cannot lose one."""
+        for name, book in self.books.items():
+            book.published({v for v, d in self.docs[name].items()
+                            if d["checkpoint_id"] <= checkpoint_id})
 
     @staticmethod
     def write(store: CheckpointStore, taken: Any) -> tuple[list[ChunkRef], dict[str, Any]]:

@@ -93,7 +93,7 @@ def _run(input_path: Path, workdir: Path, etcd: str, job_id: str, *, stage: str 
     errors: list[BaseException] = []
     throttled = [f"balances-{i}.throttle" for i in range(2)] if chaos is not None else []
     for point in throttled:
-        faultpoints.arm(workdir, point, "pause 0.02")
+        faultpoints.arm(workdir, point, "pause 0.01")
     with PipelineRunner(spec, etcd) as runner:
         thread = None
         if chaos is not None:
