@@ -1539,3 +1539,111 @@ def test_property_parse_transfer_agrees_with_the_plain_validation(
         assert isinstance(result, str)
     else:
         assert result == Transfer(*reference)
+
+
+# --- model versions ------------------------------------------------------------------
+# The base input's valid events sit on lines 1 (t1), 2 (t2), 4 (t3), 6 (t4) and 8 (t6).
+
+_LINE_OF = {"t1": 1, "t2": 2, "t3": 4, "t4": 6, "t6": 8}
+
+
+def _versioned(workdir: Path, version_of: dict[str, int], history: list[dict[str, Any]]
+               ) -> None:
+    """Give the ledger's postings a model_version (per event) and write the history."""
+    sql(workdir, "ALTER TABLE postings ADD COLUMN model_version INTEGER")
+    for event_id, version in version_of.items():
+        sql(workdir, "UPDATE postings SET model_version = ? WHERE event_id = ?",
+            (version, event_id))
+    with (workdir / "models_history.jsonl").open("w", encoding="utf-8") as sink:
+        for entry in history:
+            sink.write(json.dumps({"model": "fraud", **entry}) + "\n")
+
+
+def _published(version: int, position: int | None) -> dict[str, Any]:
+    return {"kind": "publish", "version": version, "position": position}
+
+
+def _rollback(to: int, bad: list[int], position: int) -> dict[str, Any]:
+    return {"kind": "move", "alias": "serving", "to": to,
+            "evidence": {"marked_bad": bad, "position": position}}
+
+
+# v1 from the start, v2 published after line 1, rolled back after line 4 (back to 1),
+# v3 published after line 6.
+_HISTORY = [_published(1, None), _published(2, 1), _rollback(1, [2], 4), _published(3, 6),
+            {"kind": "move", "alias": "candidate", "to": 3, "evidence": {"position": 6}},
+            {"model": "other", "kind": "publish", "version": 99, "position": 0}]
+_VERSIONS = {"t1": 1, "t2": 2, "t3": 2, "t4": 1, "t6": 3}
+
+
+def test_postings_whose_versions_follow_the_history_pass(run: tuple[Path, Path]) -> None:
+    input_path, workdir = run
+    _versioned(workdir, _VERSIONS, _HISTORY)
+    verdict = verify(input_path, workdir)
+    assert verdict.ok, verdict.summary()
+    assert (verdict.model_errors, verdict.model_versions, verdict.rollbacks) == (0, 3, 1)
+    assert verify(input_path, workdir).to_dict()["model_errors"] == 0
+
+
+def test_a_ledger_without_versions_is_not_judged_on_them(run: tuple[Path, Path]) -> None:
+    verdict = verify(*run)
+    assert verdict.model_errors is None
+    assert "model_errors" not in verdict.summary()
+
+
+@pytest.mark.parametrize(("event_id", "version", "why"), [
+    ("t1", 2, "published after it"),       # v2 came after line 1
+    ("t6", 2, "rolled back"),              # v2 was rolled back at line 4
+    ("t4", 7, "never published"),
+    ("t3", None, "model_version None"),
+    ("t2", 3, "published after it"),
+])
+def test_a_posting_on_a_version_it_could_not_have_had_is_a_model_error(
+        run: tuple[Path, Path], event_id: str, version: int | None, why: str) -> None:
+    input_path, workdir = run
+    _versioned(workdir, {**_VERSIONS, event_id: version}, _HISTORY)  # type: ignore[dict-item]
+    verdict = verify(input_path, workdir)
+    assert not verdict.ok
+    assert verdict.model_errors == 2  # both legs
+    assert why in verdict.samples["model_errors"][0], verdict.samples
+    assert verdict.samples["model_errors"][0].startswith(event_id)
+
+
+def test_legs_scored_by_two_versions_are_a_model_error(run: tuple[Path, Path]) -> None:
+    input_path, workdir = run
+    _versioned(workdir, _VERSIONS, _HISTORY)
+    sql(workdir, "UPDATE postings SET model_version = 3 WHERE event_id = 't6' AND delta > 0")
+    sql(workdir, "UPDATE postings SET model_version = 1 WHERE event_id = 't6' AND delta < 0")
+    verdict = verify(input_path, workdir)
+    assert verdict.model_errors == 1
+    assert "legs scored by versions" in verdict.samples["model_errors"][0]
+
+
+@pytest.mark.parametrize("history", [
+    None,                                                    # no history file at all
+    [_published(1, None), _published(1, None)],              # a version published twice
+    [_published(1, None), {"kind": "publish", "version": "2", "position": 1}],
+])
+def test_a_missing_or_broken_history_is_a_model_error(
+        run: tuple[Path, Path], history: list[dict[str, Any]] | None) -> None:
+    input_path, workdir = run
+    _versioned(workdir, dict.fromkeys(_LINE_OF, 1), history or [])
+    if history is None:
+        (workdir / "models_history.jsonl").unlink()
+    verdict = verify(input_path, workdir)
+    assert not verdict.ok
+    assert verdict.model_errors
+
+
+def test_a_reference_with_other_versions_is_a_mismatch(run: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    input_path, workdir = run
+    _versioned(workdir, _VERSIONS, _HISTORY)
+    reference = tmp_path / "reference"
+    reference_apply(input_path, reference)
+    _versioned(reference, {**_VERSIONS, "t4": 3}, _HISTORY)
+    verdict = verify(input_path, workdir, reference_ledger=reference / "ledger.sqlite")
+    assert verdict.reference_mismatches == 2  # t4's two legs
+    sql(reference, "UPDATE postings SET model_version = 1 WHERE event_id = 't4'")
+    assert verify(input_path, workdir, reference_ledger=reference / "ledger.sqlite"
+                  ).reference_mismatches == 0

@@ -48,6 +48,17 @@ line. A DUPLICATE's reason starts with ``"duplicate id"``, an OUT OF RANGE line'
 with ``"balance out of range"``, an INVALID line's with neither. A missing
 dead-letter file counts as an empty one.
 
+When the ledger's postings have a ``model_version`` column (the fraud model's version
+that scored the transfer), ``workdir/models_history.jsonl`` must hold the model's
+history, one JSON object a line: ``{"model": "fraud", "kind": "publish", "version": V,
+"position": P}`` for every published version (``P``: the input line of the last transfer
+scored before it; null for a version published before any), and ``{"model": "fraud",
+"kind": "move", "alias": "serving", "evidence": {"marked_bad": [V, ...], "position": P},
+...}`` for every rollback. Then every posting's version must be an integer, published once,
+at a position before the posting's line; both legs of a transfer carry the same version;
+and no posting after a rollback's position carries a version it marked bad. With a
+reference ledger that has the column too, versions must be equal row for row.
+
 The input, the ledger and the dead letters are each streamed once. Kept per valid
 event are its id, accounts (shared strings), amount and leg counters, about 250
 bytes, so a million-line input needs some 250 MB and half a minute at worst; per
@@ -121,6 +132,9 @@ SCORE_TOLERANCE: Final = 1e-9
 
 LEDGER_NAME: Final = "ledger.sqlite"
 DEAD_LETTER_NAME: Final = "dead_letter.jsonl"
+MODELS_HISTORY_NAME: Final = "models_history.jsonl"
+FRAUD_MODEL: Final = "fraud"
+"""The model whose version the ledger's ``model_version`` column names."""
 
 _REQUIRED_COLUMNS: Final = {
     "postings": ("event_id", "account", "delta", "balance_after"),
@@ -336,7 +350,12 @@ class Verdict:
       (every account of an applied transfer needs a row, a zero balance too; an
       account named only by rejected lines has none);
     * ``reference_mismatches``: posting rows present in only one of this ledger
-      and the reference ledger, or differing (None when no reference was given).
+      and the reference ledger, or differing (None when no reference was given);
+    * ``model_errors``: postings whose model version is not an integer, was never
+      published or published after the posting's line, differs between the two legs,
+      or was marked bad by a rollback before the posting's line; and problems of the
+      history file itself (None when the ledger has no ``model_version`` column).
+      ``model_versions`` and ``rollbacks`` count what the history holds.
 
     ``samples`` maps each error count's name to at most ``SAMPLE_LIMIT`` offending
     event ids, accounts, or ``"line N: problem"`` texts for dead letters. An id or
@@ -360,6 +379,9 @@ class Verdict:
     chain_errors: int
     balance_errors: int
     reference_mismatches: int | None = None
+    model_errors: int | None = None
+    model_versions: int = 0
+    rollbacks: int = 0
     samples: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
@@ -381,6 +403,11 @@ class Verdict:
             ("chain_errors", self.chain_errors, "accounts with a broken balance_after chain"),
             ("balance_errors", self.balance_errors, "accounts wrong in the balances table"),
         ]
+        if self.model_errors is not None:
+            checks.append((
+                "model_errors", self.model_errors,
+                f"postings whose model version was unpublished, bad or mixed "
+                f"({self.model_versions} versions, {self.rollbacks} rollbacks)"))
         if self.reference_mismatches is not None:
             checks.append(
                 (
@@ -429,6 +456,9 @@ class Verdict:
             "chain_errors": self.chain_errors,
             "balance_errors": self.balance_errors,
             "reference_mismatches": self.reference_mismatches,
+            "model_errors": self.model_errors,
+            "model_versions": self.model_versions,
+            "rollbacks": self.rollbacks,
             "samples": {name: list(sample) for name, sample in self.samples.items()},
         }
 
@@ -490,6 +520,7 @@ class _Input:
     senders: list[str] = field(default_factory=list)
     receivers: list[str] = field(default_factory=list)
     amounts: list[int] = field(default_factory=list)
+    line_of: array = field(default_factory=lambda: array("q"))  # type: ignore[type-arg]
     balances: dict[str, int] = field(default_factory=dict)
     rejected: dict[int, tuple[int, bool, int]] = field(default_factory=dict)
     invalid: int = 0
@@ -545,6 +576,7 @@ def _read_input(input_path: Path) -> _Input:
                 seen.senders.append(sender)
                 seen.receivers.append(receiver)
                 seen.amounts.append(amount)
+                seen.line_of.append(number)
     except OSError as error:
         raise CheckerInputError(f"cannot read input {input_path}: {error}") from error
     seen.lines = number
@@ -769,11 +801,102 @@ def _check_dead_letters(path: Path, seen: _Input, findings: _Findings) -> int:
     return entries
 
 
+def _has_column(ledger: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(row[1] == column for row in ledger.execute(f"PRAGMA table_info({table})"))
+
+
+@dataclass
+class _History:
+    published: dict[int, int | None] = field(default_factory=dict)  # version -> position
+    rollbacks: list[tuple[int, frozenset[int]]] = field(default_factory=list)
+
+
+def _read_history(path: Path, findings: _Findings) -> _History:
+    history = _History()
+    if not path.is_file():
+        findings.add("model_errors", f"{path.name}: missing (the ledger names model versions)")
+        return history
+    with path.open("rb") as source:
+        for number, raw in enumerate(source, start=1):
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                findings.add("model_errors", f"{path.name} line {number}: not JSON")
+                continue
+            if not isinstance(entry, dict) or entry.get("model") != FRAUD_MODEL:
+                continue
+            kind = entry.get("kind")
+            if kind == "publish":
+                version, position = entry.get("version"), entry.get("position")
+                if type(version) is not int or not (position is None
+                                                    or type(position) is int):
+                    findings.add("model_errors", f"{path.name} line {number}: bad publish")
+                elif version in history.published:
+                    findings.add("model_errors", f"version {version} published twice")
+                else:
+                    history.published[version] = position
+            elif kind == "move":
+                evidence = entry.get("evidence")
+                if not isinstance(evidence, dict):
+                    evidence = {}
+                bad = evidence.get("marked_bad")
+                if entry.get("alias") != "serving" or not bad:
+                    continue
+                if not isinstance(bad, list):
+                    findings.add("model_errors", f"{path.name} line {number}: bad rollback")
+                    continue
+                position = evidence.get("position")
+                if type(position) is not int or not all(type(v) is int for v in bad):
+                    findings.add("model_errors", f"{path.name} line {number}: bad rollback")
+                    continue
+                history.rollbacks.append((position, frozenset(bad)))
+    history.rollbacks.sort(key=lambda r: r[0])
+    return history
+
+
+def _check_models(ledger: sqlite3.Connection, history_path: Path, seen: _Input,
+                  findings: _Findings) -> _History:
+    """Every posting's model version against the model's history (module docstring)."""
+    history = _read_history(history_path, findings)
+    published, rollbacks = history.published, history.rollbacks
+    index_of, line_of = seen.index_of, seen.line_of
+    versions: dict[int, int] = {}  # event index -> the version of its first leg
+    for event_id, version in ledger.execute(
+            "SELECT event_id, model_version FROM postings ORDER BY rowid"):
+        index = index_of.get(event_id)
+        if index is None:
+            continue  # an unexpected posting: counted by _check_postings
+        if type(version) is not int:
+            findings.add("model_errors", f"{event_id}: model_version {version!r}")
+            continue
+        first = versions.setdefault(index, version)
+        if first != version:
+            findings.add("model_errors", f"{event_id}: legs scored by versions {first} "
+                                         f"and {version}")
+        line = line_of[index]
+        if version not in published:
+            findings.add("model_errors", f"{event_id}: version {version} never published")
+            continue
+        at = published[version]
+        if at is not None and at >= line:
+            findings.add("model_errors", f"{event_id} (line {line}): version {version} "
+                                         f"published after it, at line {at}")
+        for position, bad in rollbacks:
+            if position >= line:
+                break
+            if version in bad:
+                findings.add("model_errors", f"{event_id} (line {line}): version {version} "
+                                             f"was rolled back at line {position}")
+                break
+    return history
+
+
 def _check_reference(ledger_path: Path, reference_path: Path, findings: _Findings) -> None:
     """Compare posting rows with a crash-free run's ledger, in any global order.
 
     Rows are matched on (event_id, account, delta, n-th such row) and compared on
-    balance_after and score; balance_after already pins each account's order.
+    balance_after, score and (when both ledgers have it) model_version; balance_after
+    already pins each account's order.
     Both ledgers are copied into a scratch database in a temporary directory, so
     memory stays flat however long the ledgers are.
     """
@@ -788,10 +911,16 @@ def _check_reference(ledger_path: Path, reference_path: Path, findings: _Finding
                 scratch.execute(
                     f"ATTACH DATABASE ? AS {schema}", (path.resolve().as_uri() + "?mode=ro",)
                 )
+            versioned = all(
+                any(row[1] == "model_version"
+                    for row in scratch.execute(f"PRAGMA {schema}.table_info(postings)"))
+                for schema in ("run", "reference"))
+            version = "model_version" if versioned else "NULL AS model_version"
+            for schema in ("run", "reference"):
                 scratch.execute(
                     f"CREATE TABLE {schema}_rows AS SELECT event_id, account, delta, "
-                    "balance_after, score, ROW_NUMBER() OVER (PARTITION BY event_id, account, "
-                    "delta ORDER BY balance_after, score) AS nth "
+                    f"balance_after, score, {version}, ROW_NUMBER() OVER (PARTITION BY "
+                    "event_id, account, delta ORDER BY balance_after, score) AS nth "
                     f"FROM {schema}.postings"
                 )
                 scratch.execute(
@@ -801,7 +930,8 @@ def _check_reference(ledger_path: Path, reference_path: Path, findings: _Finding
                 # From the run's side every difference shows; from the reference's
                 # side only its rows absent from the run, or a difference counts twice.
                 differs = (
-                    "OR o.balance_after IS NOT t.balance_after OR NOT ("
+                    "OR o.balance_after IS NOT t.balance_after "
+                    "OR o.model_version IS NOT t.model_version OR NOT ("
                     "(o.score IS NULL AND t.score IS NULL) OR abs(o.score - t.score) <= ?)"
                     if this == "run_rows"
                     else ""
@@ -843,6 +973,8 @@ def verify(input_path: Path, workdir: Path, *, reference_ledger: Path | None = N
             seen = _read_input(input_path)
             posting_rows = _check_postings(ledger, seen, findings)
             _check_balances(ledger, seen, findings)
+            history = (_check_models(ledger, workdir / MODELS_HISTORY_NAME, seen, findings)
+                       if _has_column(ledger, "postings", "model_version") else None)
         finally:
             ledger.close()
         dead_lettered = _check_dead_letters(workdir / DEAD_LETTER_NAME, seen, findings)
@@ -871,6 +1003,9 @@ def verify(input_path: Path, workdir: Path, *, reference_ledger: Path | None = N
         reference_mismatches=(
             findings.count("reference_mismatches") if reference_ledger is not None else None
         ),
+        model_errors=findings.count("model_errors") if history is not None else None,
+        model_versions=len(history.published) if history is not None else 0,
+        rollbacks=len(history.rollbacks) if history is not None else 0,
         samples={name: tuple(sample) for name, sample in findings.samples.items()},
     )
 

@@ -365,7 +365,9 @@ class FraudModel:
     and the version that gave it. Each checkpoint carries the book whole and what the
     registry must hold (`ModelCheckpoints`; the runtime publishes it in the checkpoint's
     own etcd transaction). Labels a rollback rewound are appended to
-    ``models_quarantine.jsonl``, exactly once like every side file.
+    ``models_quarantine.jsonl``, and every publication and alias move (with the input line
+    it happened at) to ``models_history.jsonl``, exactly once like every side file: the
+    checker holds the ledger's model versions against that history.
     """
 
     def __init__(self, config: BookConfig | None = None,
@@ -373,9 +375,11 @@ class FraudModel:
         self.book = ModelBook(FRAUD, FraudLearner(learning_rate), config)
         self.books = ModelCheckpoints([self.book])
         self.quarantine = SideFile("models_quarantine.jsonl")
+        self.history = SideFile("models_history.jsonl")
 
     def open(self, ctx: OperatorContext) -> None:
         self.quarantine.open(ctx.workdir)
+        self.history.open(ctx.workdir)
 
     def process(self, channel: int, records: Sequence[Any]) -> list[Any]:
         book = self.book
@@ -396,17 +400,19 @@ class FraudModel:
         return out
 
     def snapshot(self, checkpoint_id: int) -> SnapshotWriter:
-        taken, quarantined = self.books.take(checkpoint_id)
+        taken, quarantined, history = self.books.take(checkpoint_id)
         for line in ModelCheckpoints.quarantine_lines(quarantined):
             self.quarantine.write(line)
-        mark = self.quarantine.mark()
+        for line in ModelCheckpoints.quarantine_lines(history):
+            self.history.write(line)
+        marks = {f.name: f.mark() for f in (self.quarantine, self.history)}
         trained = self.book.learned
 
         def write(store: CheckpointStore) -> WrittenSnapshot:
             chunks, meta = ModelCheckpoints.write(store, taken)
             return WrittenSnapshot(tuple(chunks), {
                 **meta, "schema": STATE_SCHEMA_VERSION, "trained": trained,
-                SIDE_FILES_KEY: {self.quarantine.name: mark}})
+                SIDE_FILES_KEY: marks})
 
         return SnapshotWriter(write)
 
@@ -415,12 +421,14 @@ class FraudModel:
         if snapshot is None:
             self.books.reset()
             self.quarantine.restore(None)
+            self.history.restore(None)
             return
         check_schema(snapshot.metadata, snapshot.task_id)
         # A checkpoint of the model before versions has no MODELS_KEY: a fresh book.
         self.books.restore(store, snapshot.chunks, snapshot.metadata)
-        self.quarantine.restore(snapshot.metadata.get(SIDE_FILES_KEY, {}).get(
-            self.quarantine.name))
+        marks = snapshot.metadata.get(SIDE_FILES_KEY, {})
+        self.quarantine.restore(marks.get(self.quarantine.name))
+        self.history.restore(marks.get(self.history.name))
 
     def checkpoint_completed(self, checkpoint_id: int) -> None:
         self.books.checkpoint_completed(checkpoint_id)
@@ -430,6 +438,7 @@ class FraudModel:
 
     def close(self) -> None:
         self.quarantine.close()
+        self.history.close()
 
 
 # -- balances ------------------------------------------------------------------------------

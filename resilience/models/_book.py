@@ -171,8 +171,9 @@ class ModelBook:
         if self.serving != self.last_good:
             self.window.add(label, learner.score(self.versions[self.serving], features),
                             learner.score(self.versions[self.last_good], features))
-            if self.window.labels >= self.config.gate.window_labels:
-                self._close_window()
+            if self.window.labels >= self.config.gate.window_labels and \
+                    self._close_window((key, label, ref)) == "rollback":
+                return  # quarantined with the stretch the verdict rejected, not learned
         learner.learn(self.weights, features, label)
         self.learned += 1
         if len(self.suspect) < self.config.max_quarantine:
@@ -183,7 +184,7 @@ class ModelBook:
         if self.since_publish >= self.config.publish_every:
             self._publish()
 
-    def _close_window(self) -> None:
+    def _close_window(self, current: tuple[str, bool, Any]) -> str:
         window = self.window.close()
         self.windows += 1
         self.window = WindowAccumulator(self.config.gate.bins)
@@ -194,7 +195,8 @@ class ModelBook:
         if decision == "confirm":
             self._confirm(verdict)
         elif decision == "rollback":
-            self._rollback(verdict)
+            self._rollback(verdict, current)
+        return decision
 
     def _judges_scores(self) -> bool:
         return self.trained_at[self.last_good] >= self.config.warmup_labels
@@ -232,7 +234,8 @@ class ModelBook:
         self.suspect_dropped = 0
         self._forget_old()
 
-    def _rollback(self, verdict: Verdict) -> None:
+    def _rollback(self, verdict: Verdict, current: tuple[str, bool, Any]) -> None:
+        """`current`: the label that closed the failing window (not learned yet)."""
         good = self.last_good
         # Every version published since the good one (whether its weights are still kept
         # or not), so the verdict does not depend on what was pruned when.
@@ -245,6 +248,7 @@ class ModelBook:
         self.weights = list(self.versions[good])
         since = self.trained_at[good]
         rewound = [s for s in self.suspect if s[0] > since]
+        rewound.append((self.learned + 1, *current))
         self.quarantined.extend(
             {"model": self.name, "key": key, "label": label, "ref": ref,
              "rolled_back": bad, "why": verdict.reason}

@@ -43,14 +43,19 @@ class ModelCheckpoints:
             self.docs[name] = {}
             self.recent[name] = []
 
-    def take(self, checkpoint_id: int) -> tuple[Any, list[dict[str, Any]]]:
+    def take(self, checkpoint_id: int
+             ) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
         """Drain every book for checkpoint `checkpoint_id`. Returns the writer's input (call
-        `write` with it from the snapshot's write step) and the quarantined labels."""
+        `write` with it from the snapshot's write step), the quarantined labels, and the
+        books' events since the last take (publications, alias moves, quarantines; each
+        with its ``model``), for a history the stage may keep."""
         quarantined: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
         taken = {}
         for name, book in self.books.items():
             events, q = book.drain()
             quarantined.extend(q)
+            history.extend({"model": name, **e} for e in events)
             recent = self.recent[name]
             for e in events:
                 if e["kind"] == "move":
@@ -70,7 +75,7 @@ class ModelCheckpoints:
                                    "recent": recent}, use_bin_type=True)
             taken[name] = (state, weights, [dict(d) for d in docs.values()], list(recent),
                            book.status())
-        return taken, quarantined
+        return taken, quarantined, history
 
     def checkpoint_completed(self, checkpoint_id: int) -> None:
         """Checkpoint `checkpoint_id` completed: the versions it (or an earlier one) carried
@@ -124,4 +129,5 @@ class ModelCheckpoints:
 
     @staticmethod
     def quarantine_lines(entries: Sequence[Mapping[str, Any]]) -> list[bytes]:
+        """JSON lines of quarantined labels (or of history events)."""
         return [json.dumps(dict(e), sort_keys=True).encode() + b"\n" for e in entries]

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from checkpoint import FileSystemStore
 from fusion_jobs.payments import checker
 from fusion_jobs.payments.contract import (
     BALANCE_MAX,
@@ -46,9 +47,12 @@ def run_in_process(input_path: Path, workdir: Path, batch: int = 64) -> None:
     while not end:
         records, end = source.poll(batch)
         ledger.process(0, balances.process(0, model.process(0, records)))
+    # The model's snapshot writes its history (the versions the ledger names).
+    model.snapshot(1).write(FileSystemStore(workdir / "store", job_id="contract"))
     ledger.snapshot(1).write(None)  # type: ignore[arg-type] - the sink needs no store
     ledger.checkpoint_complete(1, 1, source.watermark())
     source.close()
+    model.close()
     ledger.close()
 
 

@@ -133,6 +133,15 @@ def test_poisoned_labels_are_rolled_back_and_no_later_posting_carries_a_bad_vers
     assert verdict.ok, verdict.summary()
     model = poisoned["status"]["models"]["fraud"]
     assert model["rollbacks"] >= 1, model
+    # The checker held every posting's version against the job's history file...
+    assert verdict.model_errors == 0
+    assert verdict.rollbacks == model["rollbacks"]
+    # ... and that history names exactly the versions etcd holds.
+    history = [json.loads(line) for line in
+               (workdir / "models_history.jsonl").read_text().splitlines()]
+    assert sorted(e["version"] for e in history if e["kind"] == "publish") == sorted(
+        registry["versions"])
+    assert verdict.model_versions == len(registry["versions"])
     rollbacks = [m for m in registry["history"]
                  if m["alias"] == "serving" and m["why"].startswith("rolled back")]
     assert len(rollbacks) == model["rollbacks"]
@@ -185,9 +194,9 @@ def test_a_rollback_rewinds_the_learner_and_quarantines_what_it_learned_since(
         mine = [q for q in quarantined if q["rolled_back"] == bad]
         # What the bad lineage learned since the good version: every label, for review.
         # (the labels up to the newest bad version, and those learned after it before the
-        # verdict: fewer than one more publication's worth)
+        # verdict, with the one that closed the failing window: at most a publication more)
         since = versions[max(bad)]["trained_labels"] - versions[good]["trained_labels"]
-        assert since <= len(mine) < since + CONFIG.publish_every, (len(mine), since)
+        assert since < len(mine) <= since + CONFIG.publish_every, (len(mine), since)
         assert all(q["model"] == "fraud" and isinstance(q["label"], bool) for q in mine)
     assert len(quarantined) == poisoned["status"]["models"]["fraud"]["quarantined"]
 
