@@ -25,7 +25,7 @@ from resilience._runtime._savepoints import open_savepoint, savepoint_store
 from resilience.coordination._client import EtcdClient, EtcdError
 from resilience.coordination._embedded import etcd_endpoint
 
-__all__ = ["checkpoints_command", "resolve_savepoint", "savepoint_command"]
+__all__ = ["checkpoints_command", "etcd_for", "resolve_savepoint", "savepoint_command"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
@@ -45,7 +45,9 @@ def resolve_savepoint(text: str, savepoint_dir: Path, *, schema_version: int) ->
 
 
 @contextlib.contextmanager
-def _etcd_for(etcd: str | None, workdir: Path | None) -> Iterator[EtcdClient]:
+def etcd_for(etcd: str | None, workdir: Path | None) -> Iterator[EtcdClient]:
+    """A client of `etcd`, or of the embedded etcd of `workdir` (started for the command
+    if the job is not running)."""
     if workdir is None and etcd is None:
         import os
 
@@ -66,7 +68,7 @@ def savepoint_command(job: str, name: str, *, workdir: Path | None, etcd: str | 
     """Write savepoint `name` of `job`: a fresh one if it runs, else from its latest checkpoint."""
     if not _NAME.fullmatch(name):
         raise UserError(f"savepoint name {name!r}: use letters, digits, '.', '_' and '-'")
-    with _etcd_for(etcd, workdir) as client:
+    with etcd_for(etcd, workdir) as client:
         prefix = job_prefix(job)
         registry = CheckpointRegistry(client, job)
         spec_kv = client.get(f"{prefix}spec")
@@ -106,7 +108,7 @@ def _committed(args: argparse.Namespace) -> set[int] | None:
     if args.no_etcd:
         return None
     try:
-        with _etcd_for(args.etcd, args.workdir) as client:
+        with etcd_for(args.etcd, args.workdir) as client:
             return {r.checkpoint_id for r in CheckpointRegistry(client, args.job_id).completed()}
     except (EtcdError, UserError):
         return None

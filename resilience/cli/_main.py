@@ -175,6 +175,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="do not consult etcd for which checkpoints are complete")
     c.add_argument("--json", action="store_true", help="print JSON")
 
+    from resilience.cli._models import add_models_parser
+
+    add_models_parser(sub, _endpoints)
+
     v = sub.add_parser("verify", help="check a job's output for exactly-once")
     v.add_argument("--job", default="payments", help="the job whose output it is "
                    "(default payments)")
@@ -287,6 +291,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from resilience.cli._admin import checkpoints_command
 
         return checkpoints_command(args)
+    if args.command == "models":
+        from resilience.cli._models import models_command
+
+        return models_command(args)
     if args.command in _PLUGIN_HANDLERS:
         return int(_PLUGIN_HANDLERS[args.command](args))
     raise UserError(f"unknown command {args.command}")

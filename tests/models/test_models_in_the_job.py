@@ -251,3 +251,81 @@ def test_sigkilled_workers_give_the_same_scores_versions_and_registry(
     assert set(mine["bad"]) == set(reference["bad"])
     assert [(m["move_id"], m["alias"], m["to_version"]) for m in mine["history"]] == [
         (m["move_id"], m["alias"], m["to_version"]) for m in reference["history"]]
+
+
+def _one_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_the_models_cli_answers_and_refuses_with_one_line(
+        poisoned: dict[str, Any], etcd_server: Any,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from resilience.cli import main
+
+    where = ["--etcd", etcd_server.endpoint, "--job-id", poisoned["job_id"]]
+    reference = poisoned["registry"]
+    serving = reference["aliases"]["serving"]["version"]
+    assert main(["models", "list", *where, "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["model"], row["serving"], row["versions"]) == (
+        "fraud", serving, len(reference["versions"]))
+    assert row["bad"] == sorted(reference["bad"])
+
+    # Which version served when: at each rollback, the good version; just before it, a bad one.
+    rollback = next(m for m in reference["history"] if m["why"].startswith("rolled back"))
+    assert main(["models", "history", "fraud", *where, "--json", "--at",
+                 str(rollback["at"])]) == 0
+    assert json.loads(capsys.readouterr().out)["serving"] == rollback["to_version"]
+    assert main(["models", "history", "fraud", *where, "--json", "--at",
+                 str(rollback["at"] - 1e-6)]) == 0
+    assert json.loads(capsys.readouterr().out)["serving"] == rollback["from_version"]
+
+    def moves() -> int:
+        assert main(["models", "history", "fraud", *where, "--json"]) == 0
+        return len(json.loads(capsys.readouterr().out))
+
+    before = moves()
+    bad = min(reference["bad"])
+    for argv, says in [
+        (["rollback", "fraud", "--to", str(bad)], f"version {bad} is marked bad"),
+        (["rollback", "fraud", "--to", "9999"], "has no version 9999"),
+        (["promote", "nomodel", "--to", "1"], "has no model 'nomodel'"),
+        (["promote", "fraud"], "give --to VERSION"),
+    ]:
+        assert main(["models", *argv, *where]) == 2, argv
+        line = _one_line(capsys)
+        assert says in line, line
+    assert moves() == before  # nothing was moved
+
+    # A version whose weights no longer match their digest is never made to serve.
+    older = max(v for v in reference["versions"] if v < serving and v not in reference["bad"])
+    digest = reference["versions"][older]["chunk"]["digest"].split(":")[-1]
+    [chunk] = (poisoned["workdir"] / "checkpoints").rglob(f"*{digest}*")
+    chunk.write_bytes(bytes(len(chunk.read_bytes())))  # as long, all zeros
+    assert main(["models", "promote", "fraud", "--to", str(older), *where]) == 2
+    line = _one_line(capsys)
+    assert f"version {older}" in line
+    assert "weights" in line
+    assert moves() == before
+
+    # A rollback by hand: serving goes back, the version it left is marked bad, and the
+    # history says who and why.
+    target = max(v for v in reference["versions"]
+                 if v < serving and v not in reference["bad"] and v != older)
+    assert main(["models", "rollback", "fraud", "--to", str(target), "--why", "drill",
+                 *where]) == 0
+    assert f"version {serving} marked bad" in capsys.readouterr().out
+    assert moves() == before + 1
+    assert main(["models", "history", "fraud", *where, "--json"]) == 0
+    last = json.loads(capsys.readouterr().out)[-1]
+    assert (last["alias"], last["from_version"], last["to_version"], last["why"]) == (
+        "serving", serving, target, "drill")
+    assert last["by"].startswith("operator:")
+    assert main(["models", "show", "fraud", *where, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["aliases"]["serving"] == target
+    assert next(v for v in shown["versions"] if v["version"] == serving)["bad"]
