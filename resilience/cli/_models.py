@@ -81,7 +81,7 @@ def _job_id(args: argparse.Namespace) -> str:
     if args.workdir is not None:
         marker = args.workdir / ".resilience" / "job-id"
         if marker.is_file():
-            return marker.read_text().strip()
+            return str(marker.read_text().strip())
         if not args.workdir.is_dir():
             raise UserError(f"workdir {args.workdir} does not exist")
     return "payments"
