@@ -665,11 +665,13 @@ def _verify(input_path: Path, workdir: Path, reference: Path | None = None) -> A
 
 
 def _generate(path: Path, events: int, seed: int) -> str:
-    from fusion_jobs.payments.generator import generate
+    from fusion_jobs.payments.generator import generate, generate_labels
 
     stats = generate(path, events=events, accounts=10_000, seed=seed)
+    labels = generate_labels(path, seed=seed)
     return (f"{stats.valid:,} valid, {stats.invalid:,} malformed and {stats.duplicates:,} "
-            "replayed ids (these must end in the dead-letter file)")
+            f"replayed ids (these must end in the dead-letter file); {labels.labels:,} fraud "
+            "labels arriving 5-7 s after their transfers")
 
 
 JOB = JobDefinition(

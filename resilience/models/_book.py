@@ -350,6 +350,8 @@ class ModelBook:
         self.rollbacks, self.quarantined_total = int(doc["rollbacks"]), int(
             doc["quarantined_total"])
         self.position, self.windows = doc["position"], int(doc["windows"])
-        # A restored book's versions are all published: the runtime publishes what a
-        # restored checkpoint carries before the job goes on.
-        self.outbox, self.quarantined, self.unpublished = [], [], set()
+        # The runtime publishes what a restored checkpoint carries before the job goes on,
+        # but that may fail: the restored versions are kept until a checkpoint that carries
+        # them completes.
+        self.outbox, self.quarantined = [], []
+        self.unpublished = set(self.versions)
