@@ -8,7 +8,12 @@ file is an external effect like a sink's rows, outside any two-phase commit. A
   fsync) and returns its size and the CRC-32 of its whole content; the operator puts
   the mark into its snapshot metadata under ``side_files``;
 * `restore(mark)` cuts the file back to the marked size, so the replay after a restore
-  writes every line again exactly once (records are deterministic);
+  writes every line again exactly once (records are deterministic). The kept prefix must
+  still be the one the checkpoint marked (its size and CRC-32): a file that lost bytes, or
+  was cut by another writer, raises `CheckpointCorrupt`, so the job falls back to an older
+  checkpoint whose prefix is intact instead of padding the file with zeros;
+* one writer at a time: `open` takes an exclusive lock on the file (`flock`), waiting for
+  an earlier incarnation of the task (a worker being replaced after a hang) to die;
 * with cross-datacenter replication, the bytes between two checkpoints' marks travel
   with the checkpoint (`resilience.replication`), verified against the CRC-32, so the
   standby site holds the same file at every checkpoint it applied.
@@ -16,11 +21,15 @@ file is an external effect like a sink's rows, outside any two-phase commit. A
 
 from __future__ import annotations
 
+import fcntl
 import os
+import time
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from checkpoint import CheckpointCorrupt
 
 __all__ = ["SIDE_FILES_KEY", "SideFile", "crc32_of_prefix"]
 
@@ -56,12 +65,28 @@ class SideFile:
         self._crc = 0
         self._size = 0
 
-    def open(self, workdir: Path) -> None:
-        """Open for appending (the file is created if absent); call from `Operator.open`."""
+    def open(self, workdir: Path, *, lock_timeout_s: float = 60.0) -> None:
+        """Open for appending (the file is created if absent); call from `Operator.open`.
+
+        Waits up to `lock_timeout_s` for another process holding the file (an earlier
+        incarnation of the task, being killed) to let go; then raises `RuntimeError`."""
         self.path = Path(workdir) / self.name
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "ab")  # noqa: SIM115 - lives as long as the operator
-        self._size = self._file.tell()
+        deadline = time.monotonic() + lock_timeout_s
+        while True:
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self._file.close()
+                    self._file = None
+                    raise RuntimeError(
+                        f"side file {self.path} is held by another process for more than "
+                        f"{lock_timeout_s:g}s (an earlier incarnation of this task?)") from None
+                time.sleep(0.05)
+        self._size = os.fstat(self._file.fileno()).st_size
         self._crc = crc32_of_prefix(self.path, self._size)
 
     @property
@@ -87,12 +112,19 @@ class SideFile:
         f = self._f
         size = 0 if mark is None else int(mark["bytes"])
         f.flush()
+        assert self.path is not None
+        actual = os.fstat(f.fileno()).st_size
+        if actual < size:
+            raise CheckpointCorrupt(str(self.path), f"holds {actual} bytes, fewer than the "
+                                    f"{size} its checkpoint marked: bytes were lost")
         f.truncate(size)
         f.seek(size)
-        assert self.path is not None
-        crc = None if mark is None else mark.get("crc32")
-        self._crc = 0 if size == 0 else (int(crc) if crc is not None
-                                         else crc32_of_prefix(self.path, size))
+        crc = crc32_of_prefix(self.path, size) if size else 0
+        expected = None if mark is None else mark.get("crc32")
+        if expected is not None and int(expected) != crc:
+            raise CheckpointCorrupt(str(self.path), f"its first {size} bytes are not those "
+                                    "its checkpoint marked (CRC-32 differs)")
+        self._crc = crc
         self._size = size
 
     def close(self) -> None:

@@ -13,7 +13,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,9 @@ import ray.cloudpickle
 from fusion_jobs.payments.checker import verify
 from fusion_jobs.payments.generator import generate
 from fusion_jobs.payments.java_balances import JavaBalances
-from fusion_jobs.payments.job import PaymentsOptions, payments_pipeline
+from fusion_jobs.payments.job import PaymentsOptions, PaymentsSource, payments_pipeline
 from resilience import faultpoints
-from resilience.pipeline import PipelineRunner
+from resilience.pipeline import OperatorContext, PipelineRunner
 from resilience.testing import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.etcd, pytest.mark.java]
@@ -68,13 +67,23 @@ class DrillJavaBalances(JavaBalances):
         if self.point("java_restore") == "on":
             self._get("failNextRestore", True, retries=-1)
 
-    def process(self, channel: int, records: Sequence[Any]) -> list[Any]:
-        # ``balances-<i>.throttle`` ``pause S``: every batch waits S while the chaos runs,
-        # so a kill cannot find the input already finished (CI: the third of three kills
-        # came after the end of a 60k-event input).
-        if self._ctx is not None:
-            faultpoints.hit(self._ctx.workdir, f"{self._ctx.task_id}.throttle")
-        return super().process(channel, records)
+
+
+class ThrottledSource(PaymentsSource):
+    """The payments source, slowed while ``WORKDIR/.resilience/faults/<task>.throttle``
+    exists (test-only): the chaos of a test cannot find the input already finished (CI: the
+    third of three kills came after the end of a 60k-event input). The source is slowed,
+    not the stages after it, so every task still answers the test's questions at once."""
+
+    def open(self, ctx: OperatorContext) -> None:
+        super().open(ctx)
+        self._throttle = ctx.workdir / ".resilience" / "faults" / f"{ctx.task_id}.throttle"
+
+    def poll(self, max_records: int) -> tuple[list[Any], bool]:
+        if self._throttle.exists():
+            time.sleep(0.03)
+            max_records = min(max_records, 100)
+        return super().poll(max_records)
 
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -90,10 +99,14 @@ def _run(input_path: Path, workdir: Path, etcd: str, job_id: str, *, stage: str 
         spec = dataclasses.replace(spec, stages=[
             dataclasses.replace(s, factory=partial(DrillJavaBalances, standby=standby))
             if s.name == "balances" else s for s in spec.stages])
+    spec = dataclasses.replace(spec, stages=[
+        dataclasses.replace(s, factory=partial(ThrottledSource, *s.factory.args,
+                                               **s.factory.keywords))
+        if s.name == "source" else s for s in spec.stages])
     errors: list[BaseException] = []
-    throttled = [f"balances-{i}.throttle" for i in range(2)] if chaos is not None else []
+    throttled = ["source-0.throttle"] if chaos is not None else []
     for point in throttled:
-        faultpoints.arm(workdir, point, "pause 0.01")
+        faultpoints.arm(workdir, point, "on")
     with PipelineRunner(spec, etcd) as runner:
         thread = None
         if chaos is not None:
