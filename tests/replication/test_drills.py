@@ -47,7 +47,7 @@ def _takeover_of(report: dict[str, Any], site: str) -> dict[str, Any]:
 
 def test_site_a_killed_in_sync_mode_site_b_takes_over_and_nothing_is_lost(
         tmp_path: Path) -> None:
-    report, input_path, a, b = _drill(tmp_path, mode="sync", fault="site-kill", events=300_000)
+    report, input_path, a, b = _drill(tmp_path, mode="sync", fault="site-kill", events=150_000)
     assert report["active_site"] == "b"
     verdict = verify(input_path, b)
     assert verdict.ok, verdict.summary()
@@ -75,7 +75,7 @@ def test_site_a_killed_in_sync_mode_site_b_takes_over_and_nothing_is_lost(
 def test_a_partitioned_site_runs_on_but_commits_nothing_after_the_new_epoch(
         tmp_path: Path) -> None:
     report, input_path, a, b = _drill(tmp_path, mode="sync", fault="partition",
-                                      events=300_000, partition_s=6.0)
+                                      events=150_000, partition_s=6.0)
     takeover = _takeover_of(report, "b")
     # Site a's processes were never stopped: after site b was elected, nothing of site a's
     # old reign may become visible.
@@ -90,7 +90,7 @@ def test_a_partitioned_site_runs_on_but_commits_nothing_after_the_new_epoch(
 def test_a_switchover_and_a_failback_lose_nothing_and_duplicate_nothing(
         tmp_path: Path) -> None:
     report, input_path, a, b = _drill(tmp_path, mode="sync", fault="switchover",
-                                      failback=True, events=600_000)
+                                      failback=True, events=350_000)
     kinds = [(e["site"], e["kind"]) for e in report["epochs"] if e["kind"] != "start"]
     assert ("b", "switchover") in kinds, kinds
     assert ("a", "switchover") in kinds, kinds

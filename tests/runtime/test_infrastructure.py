@@ -27,7 +27,7 @@ from resilience.testing import embedded_etcd, process_state, wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.etcd]
 
-EVENTS = 400_000
+EVENTS = 150_000
 RUN_TIMEOUT_S = 300
 
 
