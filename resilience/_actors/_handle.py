@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -373,5 +374,20 @@ class _Supervisor:
                             "applies", self.handle._name, index, health)
                 with contextlib.suppress(Exception):
                     ray.kill(self.handle._replica(index), no_restart=False)
+                # ray.kill asks the worker to exit, which a stopped (SIGSTOP) or wedged
+                # process never does: seen taking minutes. The heartbeat names its pid on
+                # this host, so it is killed outright too.
+                if _process_alive(pid) and _is_ray_worker(pid):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
                 last_completed.pop(index, None)
                 self._stop.wait(max(2.0, self.interval * 4))  # let it come back
+
+
+def _is_ray_worker(pid: int) -> bool:
+    """Whether `pid` is a Ray worker (its title starts with ``ray::``): a heartbeat's pid
+    may have been reused by another process since."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::")
+    except OSError:
+        return False
