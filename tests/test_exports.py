@@ -51,6 +51,8 @@ MODELS = {
     "judge", "load_weights", "log_loss", "models_prefix", "weights_digest",
 }
 
+SERVING = {"AliasFollower", "Loaded", "ModelServer", "model_app"}
+
 REPLICATION = {
     "Handover", "LinkSecurity", "ReplicationConfig", "ReplicationRegistry", "Site", "Sites",
     "make_pki",
@@ -90,6 +92,7 @@ CHAOS_REPORT = {
 MODULES = {"checkpoint": CHECKPOINT, "resilience": RESILIENCE,
            "resilience.pipeline": PIPELINE, "resilience.java": JAVA, "chaos": CHAOS,
            "resilience.replication": REPLICATION, "resilience.models": MODELS,
+           "resilience.serving": SERVING,
            "chaos.report": CHAOS_REPORT}
 
 

@@ -74,6 +74,7 @@ __all__ = [
     "parse_transfer",
     "payments_pipeline",
     "pipeline",
+    "score_transfer",
 ]
 
 _N_FEATURES = 2 + 2 * FEATURE_BUCKETS + 1
@@ -688,3 +689,14 @@ JOB = JobDefinition(
     count_input=JsonLinesSource.count_lines,
     generate=_generate,
 )
+
+
+def score_transfer(weights: list[float], payload: Any) -> float:
+    """The fraud model's score of ``{"from", "to", "amount"}`` (what the serving replicas
+    answer ``POST /fraud/score`` with); ValueError for a payload that is no transfer."""
+    src, dst, amount = payload.get("from"), payload.get("to"), payload.get("amount")
+    if not isinstance(src, str) or not src or not isinstance(dst, str) or not dst:
+        raise ValueError("'from' and 'to' must be non-empty strings")
+    if type(amount) is not int or amount < 1:
+        raise ValueError("'amount' must be a positive integer (cents)")
+    return FraudLearner().score(weights, fraud_features(src, dst, amount))
