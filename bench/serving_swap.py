@@ -104,7 +104,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--swaps", type=int, default=10)
+    ap.add_argument("--swaps", type=int, default=10, help="alias moves per swap phase")
+    ap.add_argument("--rounds", type=int, default=3, help="steady/swap phase pairs")
     ap.add_argument("--out", default=None, help="also write the results as JSON")
     args = ap.parse_args()
     from ray import serve
@@ -129,31 +130,45 @@ def main() -> int:
             bad = set(registry.bad("fraud"))
             good = [v.version for v in registry.versions("fraud") if v.version not in bad]
             a, b = good[-1], good[-2]
-            _load(url, args.clients, 2.0)  # warm-up
-            steady = _load(url, args.clients, args.seconds)
-            print("steady:", json.dumps(steady), flush=True)
+            _load(url, args.clients, 5.0)  # warm-up
             swaps: list[float] = []
-            done = threading.Event()
+            rounds: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            for _ in range(args.rounds):  # alternated, so neither phase gets the warm cache
+                steady_round = _load(url, args.clients, args.seconds)
+                print("steady:", json.dumps(steady_round), flush=True)
+                done = threading.Event()
 
-            def swapper() -> None:
-                target = b
-                interval = args.seconds / args.swaps
-                while not done.is_set():
-                    registry.operator_move("fraud", "serving", target, why="bench swap",
-                                           by="operator:bench")
-                    swaps.append(_until_all_on(url, target))
-                    target = a if target == b else b
-                    done.wait(max(interval - swaps[-1], 0.0))
+                def swapper(done: threading.Event = done) -> None:
+                    target = b
+                    interval = args.seconds / args.swaps
+                    while not done.is_set():
+                        registry.operator_move("fraud", "serving", target, why="bench swap",
+                                               by="operator:bench")
+                        swaps.append(_until_all_on(url, target))
+                        target = a if target == b else b
+                        done.wait(max(interval - swaps[-1], 0.0))
 
-            t = threading.Thread(target=swapper)
-            t.start()
-            during = _load(url, args.clients, args.seconds)
-            done.set()
-            t.join()
-        print("during swaps:", json.dumps(during), flush=True)
+                t = threading.Thread(target=swapper)
+                t.start()
+                during_round = _load(url, args.clients, args.seconds)
+                done.set()
+                t.join()
+                print("during swaps:", json.dumps(during_round), flush=True)
+                rounds.append((steady_round, during_round))
         serve.shutdown()
+
+    def merged(phase: int) -> dict[str, Any]:
+        parts = [r[phase] for r in rounds]
+        return {"requests": sum(p["requests"] for p in parts),
+                "failures": sum(p["failures"] for p in parts),
+                "per_s": round(statistics.median(p["per_s"] for p in parts), 1),
+                "p50_ms": round(statistics.median(p["p50_ms"] for p in parts), 2),
+                "p99_ms": round(statistics.median(p["p99_ms"] for p in parts), 2)}
+
+    steady, during = merged(0), merged(1)
     result = {
         "machine": machine(), "clients": args.clients, "seconds": args.seconds,
+        "rounds": [{"steady": st, "during_swaps": du} for st, du in rounds],
         "steady": steady, "during_swaps": during, "swaps": len(swaps),
         "move_to_all_replicas_s": {"median": round(statistics.median(swaps), 3),
                                    "max": round(max(swaps), 3),
@@ -162,9 +177,11 @@ def main() -> int:
         "p99_ratio": round(during["p99_ms"] / steady["p99_ms"], 3),
     }
     print()
-    print(f"steady: {steady['per_s']:,} scores/s, p50 {steady['p50_ms']} ms, p99 "
+    print(f"steady (medians of {len(rounds)} rounds): {steady['per_s']:,} scores/s, "
+          f"p50 {steady['p50_ms']} ms, p99 "
           f"{steady['p99_ms']} ms, {steady['failures']} failed")
-    print(f"during {len(swaps)} swaps: {during['per_s']:,} scores/s "
+    print(f"during {len(swaps)} swaps (medians of {len(rounds)} rounds): "
+          f"{during['per_s']:,} scores/s "
           f"({result['throughput_ratio']}x), p50 {during['p50_ms']} ms, p99 "
           f"{during['p99_ms']} ms ({result['p99_ratio']}x), {during['failures']} failed")
     print(f"move to every replica on the new version: median "
