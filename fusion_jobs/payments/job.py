@@ -402,9 +402,9 @@ class FraudModel:
 
     def snapshot(self, checkpoint_id: int) -> SnapshotWriter:
         taken, quarantined, history = self.books.take(checkpoint_id)
-        for line in ModelCheckpoints.quarantine_lines(quarantined):
+        for line in ModelCheckpoints.json_lines(quarantined):
             self.quarantine.write(line)
-        for line in ModelCheckpoints.quarantine_lines(history):
+        for line in ModelCheckpoints.json_lines(history):
             self.history.write(line)
         marks = {f.name: f.mark() for f in (self.quarantine, self.history)}
         trained = self.book.learned

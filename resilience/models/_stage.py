@@ -128,6 +128,6 @@ class ModelCheckpoints:
             self.recent[name] = list(doc["recent"])
 
     @staticmethod
-    def quarantine_lines(entries: Sequence[Mapping[str, Any]]) -> list[bytes]:
-        """JSON lines of quarantined labels (or of history events)."""
+    def json_lines(entries: Sequence[Mapping[str, Any]]) -> list[bytes]:
+        """One sorted-key JSON line per entry (quarantined labels, history events)."""
         return [json.dumps(dict(e), sort_keys=True).encode() + b"\n" for e in entries]

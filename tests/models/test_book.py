@@ -51,14 +51,7 @@ def _stream(seed: int, n: int, poison: tuple[int, int, float] | None = None
 def _feed(book: ModelBook, events: Sequence[tuple[str, float, bool]], delay: int = 50
           ) -> list[tuple[float, int]]:
     """Score each event, and release its label `delay` events later; the scores given."""
-    scores = []
-    for i, (key, x, _) in enumerate(events):
-        book.position = i
-        scores.append(book.score(key, x))
-        if i >= delay:
-            k, _, label = events[i - delay]
-            book.label(k, label, ref=i - delay)
-    return scores
+    return [_feed_one(book, events, i, delay) for i in range(len(events))]
 
 
 def _moves(book: ModelBook) -> list[dict[str, Any]]:

@@ -174,12 +174,13 @@ def test_replicas_swap_versions_without_failing_a_request(served: dict[str, Any]
     threads = [threading.Thread(target=client) for _ in range(2)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    wait_until(lambda: len(answers) >= 20, timeout_s=30, message="no answers before the move")
     moved_at = time.monotonic()
     registry.operator_move("fraud", "serving", target, why="swap test", by="operator:test")
     took = _all_on(served["url"], target, timeout_s=10)
     settled = time.monotonic()
-    time.sleep(1.0)
+    wait_until(lambda: sum(1 for at, _ in answers if at > settled) >= 20, timeout_s=30,
+               message="no answers after the swap")
     stop.set()
     for t in threads:
         t.join(timeout=10)
